@@ -1,0 +1,109 @@
+"""TVSRN shapes, variants, trainable mask tokens and the residual formulation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from VolumetricSRLib.network import (
+    TVSRN,
+    VARIANTS,
+    TVSRNConfig,
+    count_parameters,
+    depth_interpolation_matrix,
+    l1_loss,
+)
+
+TINY = {
+    "channels": 2,
+    "encoder_layers": 2,
+    "fim_layers": 2,
+    "heads": 2,
+    "window": 4,
+    "tab_fold": 2,
+    "tab_window": (4, 4),
+    "vit_dim": 16,
+    "vit_layers": 1,
+    "vit_heads": 2,
+    "vit_patch": 4,
+}
+
+
+def tiny(variant: str = "full", **overrides) -> TVSRN:
+    torch.manual_seed(0)
+    return TVSRN(TVSRNConfig(**{**TINY, "variant": variant, **overrides}))
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize(("h", "w"), [(8, 8), (13, 21), (32, 17)])
+def test_every_variant_maps_four_slices_to_sixteen_for_any_size(variant: str, h: int, w: int) -> None:
+    out = tiny(variant)(torch.rand(2, 4, h, w))
+    assert out.shape == (2, 16, h, w)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize(("ratio", "depth"), [(2, 4), (3, 4), (4, 4), (5, 4), (6, 3), (5, 5)])
+def test_ratio_and_depth_set_the_thin_slice_count(ratio: int, depth: int) -> None:
+    model = tiny(ratio=ratio, depth=depth)
+    out = model(torch.rand(1, depth, 12, 10))
+    assert out.shape == (1, (depth - 1) * ratio + 1, 12, 10)
+    assert model.cfg.thin_depth == out.shape[1]
+
+
+def test_sizes_off_the_window_grid_are_padded_by_replication_and_cropped_back() -> None:
+    model = tiny().eval()
+    assert model.spatial_multiple == 4
+    x = torch.rand(1, 4, 13, 11)
+    padded = torch.nn.functional.pad(x, (0, 1, 0, 3), mode="replicate")
+    with torch.no_grad():
+        assert torch.allclose(model(x), model(padded)[:, :, :13, :11], atol=1e-6)
+
+
+def test_mask_tokens_receive_gradients_and_change_when_trained() -> None:
+    model = tiny()
+    before = model.mask_token.detach().clone()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    x, y = torch.rand(1, 4, 8, 8), torch.rand(1, 16, 8, 8)
+    loss = l1_loss(model(x), y)
+    loss.backward()
+    assert model.mask_token.grad is not None and model.mask_token.grad.abs().sum() > 0
+    optimizer.step()
+    assert not torch.equal(before, model.mask_token.detach())
+    assert any(name == "mask_token" for name, _ in model.named_parameters())
+
+
+def test_residual_output_starts_as_linear_interpolation() -> None:
+    model = tiny(output="residual")
+    x = torch.rand(2, 4, 9, 7)
+    expected = torch.einsum("td,bdhw->bthw", depth_interpolation_matrix(4, 5), x)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, atol=1e-6)
+
+
+def test_thin_slice_r_times_i_interpolates_to_input_slice_i() -> None:
+    matrix = depth_interpolation_matrix(4, 5)
+    assert torch.equal(matrix[::5], torch.eye(4))
+    assert torch.allclose(matrix.sum(dim=1), torch.ones(16))
+    assert torch.allclose(matrix[7], torch.tensor([0.0, 0.6, 0.4, 0.0]))
+
+
+def test_paper_configuration_parameter_counts() -> None:
+    """The counts the README and the model card report (see the README's network summary)."""
+    counts = {v: count_parameters(TVSRN(TVSRNConfig.variant_defaults(v))) for v in VARIANTS}
+    assert counts == {"full": 1_061_633, "no_tab": 858_337, "encoder_only": 1_602_704, "vit": 19_449_344}
+
+
+def test_bad_configs_are_refused_with_a_reason() -> None:
+    with pytest.raises(ValueError, match="unknown variant"):
+        TVSRNConfig(variant="unet")
+    with pytest.raises(ValueError, match="divisible"):
+        TVSRNConfig(heads=3)
+    with pytest.raises(ValueError, match="unknown TVSRN config keys"):
+        TVSRNConfig.from_dict({"chanels": 8})
+    with pytest.raises(ValueError, match="expected 4 input slices"):
+        tiny()(torch.rand(1, 3, 8, 8))
+
+
+def test_config_round_trips_through_a_dict() -> None:
+    cfg = TVSRNConfig(ratio=3, tab_window=(2, 4), output="residual")
+    assert TVSRNConfig.from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,332 @@
+"""Whole-volume super-resolution: the network slides over depth windows and in-plane tiles.
+
+A window of D thick slices starting at thick slice k0 predicts thin slices r*k0 ... r*(k0+D-1).
+Where depth windows overlap their predictions are averaged (as in the paper); in-plane tiles are
+blended with a raised-cosine ramp across each inner overlap. Both weights are separable, so the
+result is normalised by depth_sum[z] * plane_sum[y, x] without a full weight volume.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import geometry
+from .device import describe_device, resolve_device
+from .intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
+
+ProgressCallback = Callable[[float, str], None]
+
+MIN_TILE = 8
+HU_CHUNK_SLICES = 16
+
+
+@dataclass
+class PredictOptions:
+    """How the predictor runs; the defaults are the paper's (whole slices, depth overlap 1)."""
+
+    device: str = "auto"
+    tile: int | None = None
+    tile_overlap: int = 32
+    depth_overlap: int = 1
+    batch: int = 1
+    amp: bool = False
+
+
+class InputError(ValueError):
+    """The input volume or the options cannot be used; the message says why and what to do."""
+
+
+class PredictionCancelled(Exception):
+    """The caller's cancel() returned true; no result was produced."""
+
+
+@dataclass(frozen=True)
+class _Tiling:
+    """Where the pieces of one volume go: depth window starts and in-plane tile starts."""
+
+    depth_starts: list[int]
+    row_starts: list[int]
+    col_starts: list[int]
+    tile_shape: tuple[int, int]
+    overlap: int
+
+    @property
+    def pieces(self) -> list[tuple[int, int, int]]:
+        """(window index, row-tile index, column-tile index), window by window."""
+        return [
+            (w, r, c)
+            for w in range(len(self.depth_starts))
+            for r in range(len(self.row_starts))
+            for c in range(len(self.col_starts))
+        ]
+
+    @property
+    def tile_count(self) -> int:
+        return len(self.row_starts) * len(self.col_starts)
+
+
+def super_resolve_unit(
+    model: nn.Module,
+    thick: np.ndarray,
+    options: PredictOptions | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+) -> np.ndarray:
+    """Thick volume (K, J, I) in [0, 1] -> thin volume ((K-1)*r+1, J, I) float32 in [0, 1].
+
+    `model` maps (B, D, h, w) to (B, (D-1)*r+1, h, w) and has `cfg.depth` (D) and `cfg.ratio` (r).
+    It is moved to the chosen device and left there; its train/eval mode is restored afterwards.
+    `progress(fraction, message)` is called at the start, after every batch and at the end;
+    `cancel()` is asked before every batch and, when true, stops with PredictionCancelled.
+    """
+    options = options if options is not None else PredictOptions()
+    depth, ratio = _model_shape(model)
+    volume = np.ascontiguousarray(_checked_volume(thick, depth), dtype=np.float32)
+    if not volume.flags.writeable:
+        volume = volume.copy()
+    _check_unit_range(volume)
+    _check_options(options, depth)
+    device = resolve_device(options.device)
+    tiling = _plan(volume.shape, depth, options)
+    report = progress if progress is not None else _no_progress
+    was_training = model.training
+    model.to(device).eval()
+    try:
+        return _predict(model, volume, tiling, depth, ratio, device, options, report, cancel)
+    finally:
+        model.train(was_training)
+
+
+def super_resolve_hu(
+    model: nn.Module,
+    hu: np.ndarray,
+    affine: np.ndarray,
+    options: PredictOptions | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: Callable[[], bool] | None = None,
+    window: tuple[float, float] = (HU_MIN, HU_MAX),
+    trained_spacing_mm: float | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Thick HU volume (K, J, I) and its voxel-to-world affine -> (thin HU float32, thin affine).
+
+    The input and its geometry are checked before any prediction: the slice spacing must suit a
+    model trained on `trained_spacing_mm` (geometry.check_slice_spacing), HU are clipped to `window`.
+    """
+    options = options if options is not None else PredictOptions()
+    depth, ratio = _model_shape(model)
+    volume = _checked_volume(hu, depth)
+    window = _checked_window(window)
+    _check_options(options, depth)
+    try:
+        thick_affine = np.asarray(affine, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise geometry.GeometryError("the voxel-to-world matrix must be a 4 x 4 array of numbers") from error
+    grid = geometry.thin_grid(thick_affine, volume.shape[0], ratio)
+    geometry.check_slice_spacing(float(geometry.voxel_spacing(thick_affine)[2]), trained_spacing_mm, ratio)
+    thin = super_resolve_unit(model, hu_to_unit(volume, window), options, progress, cancel)
+    for z0 in range(0, thin.shape[0], HU_CHUNK_SLICES):
+        thin[z0 : z0 + HU_CHUNK_SLICES] = unit_to_hu(thin[z0 : z0 + HU_CHUNK_SLICES], window)
+    return thin, grid.affine
+
+
+def _predict(
+    model: nn.Module,
+    volume: np.ndarray,
+    tiling: _Tiling,
+    depth: int,
+    ratio: int,
+    device: torch.device,
+    options: PredictOptions,
+    report: ProgressCallback,
+    cancel: Callable[[], bool] | None,
+) -> np.ndarray:
+    """Run every (window, tile) piece in batches and blend the predictions into the thin grid."""
+    slices, rows, cols = volume.shape
+    thin_depth = (depth - 1) * ratio + 1
+    th, tw = tiling.tile_shape
+    row_weights = [_tile_weight(s, th, rows, tiling.overlap) for s in tiling.row_starts]
+    col_weights = [_tile_weight(s, tw, cols, tiling.overlap) for s in tiling.col_starts]
+    plane_sum = np.zeros((rows, cols), dtype=np.float32)
+    for r, r0 in enumerate(tiling.row_starts):
+        for c, c0 in enumerate(tiling.col_starts):
+            plane_sum[r0 : r0 + th, c0 : c0 + tw] += np.outer(row_weights[r], col_weights[c])
+    depth_sum = np.zeros(geometry.thin_slice_count(slices, ratio), dtype=np.float32)
+    for k0 in tiling.depth_starts:
+        depth_sum[ratio * k0 : ratio * k0 + thin_depth] += 1.0
+
+    thin = np.zeros((depth_sum.size, rows, cols), dtype=np.float32)
+    source = torch.from_numpy(volume)
+    pieces = tiling.pieces
+    windows, tiles = len(tiling.depth_starts), tiling.tile_count
+    report(0.0, f"{windows} windows x {tiles} tiles on {describe_device(device)}")
+    use_amp = options.amp and device.type == "cuda"
+    with torch.inference_mode():
+        for first in range(0, len(pieces), options.batch):
+            if cancel is not None and cancel():
+                raise PredictionCancelled("super-resolution was cancelled")
+            batch = pieces[first : first + options.batch]
+            inputs = torch.stack(
+                [
+                    source[k0 : k0 + depth, r0 : r0 + th, c0 : c0 + tw]
+                    for k0, r0, c0 in (_piece_origin(tiling, piece) for piece in batch)
+                ]
+            ).to(device)
+            amp = torch.autocast("cuda", dtype=torch.float16) if use_amp else contextlib.nullcontext()
+            with amp:
+                outputs = model(inputs)
+            expected = (len(batch), thin_depth, th, tw)
+            if tuple(outputs.shape) != expected:
+                raise RuntimeError(f"the model returned shape {tuple(outputs.shape)}, expected {expected}")
+            predictions = outputs.float().cpu().numpy()
+            for index, (w, r, c) in enumerate(batch):
+                k0, r0, c0 = _piece_origin(tiling, (w, r, c))
+                weight = np.outer(row_weights[r], col_weights[c])
+                thin[ratio * k0 : ratio * k0 + thin_depth, r0 : r0 + th, c0 : c0 + tw] += (
+                    predictions[index] * weight
+                )
+            report((first + len(batch)) / len(pieces), _where(batch[-1], windows, len(col_weights), tiles))
+    thin /= depth_sum[:, None, None]
+    thin /= plane_sum
+    np.clip(thin, 0.0, 1.0, out=thin)
+    report(1.0, "done")
+    return thin
+
+
+def _where(piece: tuple[int, int, int], windows: int, cols: int, tiles: int) -> str:
+    """Progress message for the last piece of a batch, e.g. "window 3/12, tile 2/4"."""
+    w, r, c = piece
+    return f"window {w + 1}/{windows}" + (f", tile {r * cols + c + 1}/{tiles}" if tiles > 1 else "")
+
+
+def _piece_origin(tiling: _Tiling, piece: tuple[int, int, int]) -> tuple[int, int, int]:
+    """Thick slice, row and column where a piece starts."""
+    w, r, c = piece
+    return tiling.depth_starts[w], tiling.row_starts[r], tiling.col_starts[c]
+
+
+def _plan(shape: tuple[int, ...], depth: int, options: PredictOptions) -> _Tiling:
+    slices, rows, cols = shape
+    if options.tile is None:
+        tile_shape, overlap = (rows, cols), 0
+    else:
+        tile_shape, overlap = (min(options.tile, rows), min(options.tile, cols)), options.tile_overlap
+    return _Tiling(
+        depth_starts=_window_starts(slices, depth, depth - options.depth_overlap),
+        row_starts=_window_starts(rows, tile_shape[0], tile_shape[0] - overlap),
+        col_starts=_window_starts(cols, tile_shape[1], tile_shape[1] - overlap),
+        tile_shape=tile_shape,
+        overlap=overlap,
+    )
+
+
+def _window_starts(length: int, size: int, stride: int) -> list[int]:
+    """Starts 0, stride, 2*stride, ... with the last window anchored at length - size."""
+    if size >= length:
+        return [0]
+    return [*range(0, length - size, stride), length - size]
+
+
+def _tile_weight(start: int, size: int, length: int, overlap: int) -> np.ndarray:
+    """1D blending weight of one tile: a raised-cosine ramp over each inner overlap, 1 elsewhere.
+
+    The ramp never reaches zero (every pixel keeps a positive weight) and never falls at the image
+    border; two ramps overlapping by exactly `overlap` pixels sum to one.
+    """
+    weight = np.ones(size, dtype=np.float32)
+    if overlap == 0:
+        return weight
+    ramp = (0.5 - 0.5 * np.cos(math.pi * (np.arange(overlap) + 0.5) / overlap)).astype(np.float32)
+    if start > 0:
+        weight[:overlap] = ramp
+    if start + size < length:
+        weight[size - overlap :] = ramp[::-1]
+    return weight
+
+
+def _model_shape(model: nn.Module) -> tuple[int, int]:
+    """(D, r) from model.cfg."""
+    cfg = getattr(model, "cfg", None)
+    depth, ratio = getattr(cfg, "depth", None), getattr(cfg, "ratio", None)
+    if not (_is_int(depth) and depth >= 2 and _is_int(ratio) and ratio >= 1):
+        raise TypeError("the model needs a cfg with integer depth (>= 2) and ratio (>= 1), like TVSRN")
+    return int(depth), int(ratio)
+
+
+def _checked_volume(array: np.ndarray, depth: int) -> np.ndarray:
+    """The volume as an array after the checks every input gets (shape, slice count, finite)."""
+    volume = np.asarray(array)
+    if volume.dtype.kind not in "iuf":
+        raise InputError(f"the volume must hold numbers, got values of type {volume.dtype}")
+    if volume.size == 0:
+        raise InputError(f"the volume is empty (shape {volume.shape}); load a volume that has image data")
+    if volume.ndim != 3:
+        raise InputError(
+            f"expected a 3D volume (slices, rows, columns), got a {volume.ndim}D array of shape "
+            f"{volume.shape}; load the whole series, not a single image"
+        )
+    if volume.shape[0] < depth:
+        raise InputError(
+            f"the model needs at least {depth} slices, got {volume.shape[0]}; "
+            f"super-resolve a series of at least {depth} slices"
+        )
+    finite = np.count_nonzero(np.isfinite(volume))
+    if finite != volume.size:
+        raise InputError(
+            f"the volume has {volume.size - finite} NaN or infinite values; replace them "
+            "(e.g. with the value of air) before super-resolving"
+        )
+    return volume
+
+
+def _check_unit_range(volume: np.ndarray) -> None:
+    lo, hi = float(volume.min()), float(volume.max())
+    if lo < 0.0 or hi > 1.0:
+        raise InputError(
+            f"the values span {lo:.4g} to {hi:.4g}, outside [0, 1]; map HU to [0, 1] with "
+            "intensity.hu_to_unit (or use super_resolve_hu)"
+        )
+
+
+def _check_options(options: PredictOptions, depth: int) -> None:
+    if options.tile is not None:
+        if not _is_int(options.tile) or options.tile < MIN_TILE:
+            raise InputError(f"tile {options.tile!r} is too small; use at least {MIN_TILE} pixels, or None")
+        if options.tile < 2 * options.tile_overlap:
+            raise InputError(
+                f"tile {options.tile} is smaller than twice the tile overlap ({options.tile_overlap}); "
+                f"use a tile of at least {2 * options.tile_overlap} pixels or a smaller tile_overlap"
+            )
+    if not _is_int(options.tile_overlap) or options.tile_overlap < 0:
+        raise InputError(f"tile_overlap must be a whole number >= 0, got {options.tile_overlap!r}")
+    if not _is_int(options.depth_overlap) or not 1 <= options.depth_overlap < depth:
+        raise InputError(
+            f"depth_overlap must be between 1 and {depth - 1} for windows of {depth} slices, got "
+            f"{options.depth_overlap!r}; with 0 the thin slices between two windows would be missing"
+        )
+    if not _is_int(options.batch) or options.batch < 1:
+        raise InputError(f"batch must be at least 1, got {options.batch!r}")
+
+
+def _checked_window(window: tuple[float, float]) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in window)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"the HU window must be two numbers (low, high), got {window!r}") from error
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+        raise InputError(f"the HU window must satisfy low < high, got ({lo}, {hi})")
+    return lo, hi
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _no_progress(fraction: float, message: str) -> None:
+    """Progress sink when the caller gives none."""
