@@ -95,7 +95,10 @@ class TVSRNConfig:
         return cls(**base)
 
 
+# Cached tensors are built outside inference mode: one first built under the predictor's
+# inference_mode would be an inference tensor, unusable by a later training step.
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _relative_index(wh: int, ww: int) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]
@@ -103,6 +106,7 @@ def _relative_index(wh: int, ww: int) -> torch.Tensor:
 
 
 @lru_cache(maxsize=64)
+@torch.inference_mode(False)
 def _window_mask(
     size: tuple[int, int], padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> torch.Tensor | None:

@@ -1,0 +1,407 @@
+"""The `volumetricsr` command line: predict on real CT, summary, and every refused input."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from conftest import shared_ct
+from VolumetricSRLib import weights
+from VolumetricSRLib.cli import main, parameter_parts
+from VolumetricSRLib.geometry import thin_grid
+from VolumetricSRLib.intensity import to_int16_hu
+from VolumetricSRLib.network import TVSRN, TVSRNConfig, count_parameters
+from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
+from VolumetricSRLib.volume_io import read_volume, write_volume
+from VolumetricSRLib.weights import load_model, save_model
+
+# residual output: thin slice 5k stays near thick slice k, so results can be checked against the input
+TINY = TVSRNConfig(
+    channels=2,
+    encoder_layers=1,
+    fim_layers=1,
+    heads=1,
+    window=4,
+    tab_fold=2,
+    tab_window=(4, 4),
+    output="residual",
+)
+WINDOW = (-1000.0, 1000.0)  # not the default window: proves the card's window is used
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with a tiny trained model (tiny.json) and an untrained one (scratch.json)."""
+    directory = tmp_path_factory.mktemp("models")
+    torch.manual_seed(0)
+    model = TVSRN(TINY)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():  # away from the initial (identity-like) weights
+            parameter.add_((2e-4 if name.startswith("head") else 0.05) * torch.randn_like(parameter))
+    save_model(model, directory, id="tiny", name="Tiny", trained=True, intensity_window=WINDOW)
+    save_model(TVSRN(TINY), directory, id="scratch", name="Scratch", trained=False)
+    return directory
+
+
+@pytest.fixture
+def small_ct(tmp_path: Path) -> Path:
+    """A 6-slice, 32 x 32 crop of a real CT (example_ct_sm, 3 mm slices) as NIfTI."""
+    volume = read_volume(shared_ct("TotalSegmentator/example_ct_sm.nii.gz"))
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    return write_volume(inputs / "small.nii.gz", volume.array[10:16, 40:72, 50:82], volume.affine)
+
+
+def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
+    code = main([str(arg) for arg in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_refused(code: int, err: str, message: str, folder: Path, before: list[str]) -> None:
+    """Exit code 2, one plain error line naming the problem, and the output folder untouched."""
+    assert code == 2
+    errors = [line for line in err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1, err
+    assert message in errors[0], err
+    assert "Traceback" not in err
+    assert sorted(p.name for p in folder.iterdir()) == before  # no output, no temporary file
+
+
+def with_spacing(path: Path, destination: Path, slice_mm: float) -> Path:
+    volume = read_volume(path)
+    affine = volume.affine.copy()
+    affine[:3, 2] *= slice_mm / np.linalg.norm(affine[:3, 2])
+    return write_volume(destination, volume.array, affine)
+
+
+# ---------------------------------------------------------------- predict on real CT
+
+
+def test_predict_real_nifti_writes_the_thin_grid(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = shared_ct("TotalSegmentator/example_ct_sm.nii.gz")
+    output = tmp_path / "thin.nii.gz"
+    code, out, err = cli(
+        capsys, "predict", source, output, "--model", models / "tiny.json", "--device", "cpu"
+    )
+    assert code == 0, err
+    assert "error" not in err
+
+    thick = read_volume(source)
+    thin = read_volume(output)
+    assert thick.array.shape == (30, 101, 122)
+    assert thin.array.shape == ((30 - 1) * 5 + 1, 101, 122)
+    assert thin.array.dtype == np.int16
+    np.testing.assert_allclose(thin.affine, thin_grid(thick.affine, 30, 5).affine, rtol=0, atol=1e-5)
+    image = nib.load(output)
+    assert int(image.header["sform_code"]) == 1 and int(image.header["qform_code"]) == 1
+
+    assert thin.array.min() == WINDOW[0] and thin.array.max() <= WINDOW[1]  # the card's window clips air
+    on_thick = thin.array[::5].astype(np.float32) - np.clip(thick.array, *WINDOW)
+    assert np.abs(on_thick).mean() < 10 and np.abs(on_thick).max() < 30  # thin slice 5k lies on thick slice k
+
+    assert f"wrote {output}: 122 x 101 x 146 voxels, spacing 3.000 x 3.000 x 0.600 mm" in out
+    assert "super-resolved 30 -> 146 slices in " in out and " s on cpu (" in out
+
+
+def test_predict_real_nrrd_to_nrrd(tmp_path: Path, models: Path, capsys: pytest.CaptureFixture) -> None:
+    source = shared_ct("ChestImagingPlatform/ct-64.nrrd")
+    output = tmp_path / "thin.nrrd"
+    code, out, err = cli(
+        capsys, "predict", source, output, "--model", models / "tiny.safetensors", "--device", "cpu"
+    )
+    assert code == 0, err
+
+    thick = read_volume(source)
+    thin = read_volume(output)
+    assert thin.array.shape == ((79 - 1) * 5 + 1, 64, 64)
+    np.testing.assert_array_equal(thin.affine, thin_grid(thick.affine, 79, 5).affine)  # NRRD keeps float64
+    assert "64 x 64 x 391 voxels" in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thin.nrrd"]
+
+
+def test_predict_passes_the_options_and_the_card_window_to_the_predictor(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "thin.nii"
+    options = ["--tile", 18, "--overlap", 5, "--batch", 3, "--depth-overlap", 2]
+    code, _, err = cli(capsys, "predict", small_ct, output, "--model", models / "tiny.json", *options)
+    assert code == 0, err
+
+    thick = read_volume(small_ct)
+    model, _ = load_model(models / "tiny.json")
+    same = PredictOptions(device="cpu", tile=18, tile_overlap=5, batch=3, depth_overlap=2)
+    expected, affine = super_resolve_hu(model, thick.array, thick.affine, same, window=WINDOW)
+    thin = read_volume(output)
+    np.testing.assert_array_equal(thin.array, to_int16_hu(expected))
+    np.testing.assert_allclose(thin.affine, affine, rtol=0, atol=1e-5)
+    whole = super_resolve_hu(model, thick.array, thick.affine, PredictOptions(device="cpu"), window=WINDOW)[0]
+    assert not np.array_equal(to_int16_hu(whole), thin.array)  # the options did change the computation
+
+
+def test_predict_replaces_an_existing_output_only_with_overwrite(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "thin.nrrd"
+    output.write_bytes(b"earlier result")
+    argv = ["predict", small_ct, output, "--model", models / "tiny.json", "--device", "cpu"]
+    code, _, err = cli(capsys, *argv)
+    assert_refused(code, err, "already exists", tmp_path, ["in", "thin.nrrd"])
+    assert output.read_bytes() == b"earlier result"
+    code, _, err = cli(capsys, *argv, "--overwrite")
+    assert code == 0, err
+    assert read_volume(output).array.shape == (26, 32, 32)
+
+
+def test_predict_warns_about_an_unusual_slice_spacing(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = with_spacing(small_ct, tmp_path / "in" / "twelve_mm.nii.gz", 12.0)
+    code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nii.gz", "--model", models / "tiny.json")
+    assert code == 0, err
+    assert "warning: input slices are 12 mm apart but the model was trained on 5 mm slices" in err
+    assert (tmp_path / "thin.nii.gz").exists()
+
+
+def test_untrained_weights_need_allow_untrained_and_are_flagged(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "thin.nii.gz"
+    argv = ["predict", small_ct, output, "--model", models / "scratch.json", "--device", "cpu"]
+    code, _, err = cli(capsys, *argv)
+    assert_refused(code, err, "holds untrained weights, it is not a model", tmp_path, ["in"])
+    code, _, err = cli(capsys, *argv, "--allow-untrained")
+    assert code == 0, err
+    assert "warning: scratch holds untrained weights" in err
+    assert output.exists()
+
+
+# ---------------------------------------------------------------- refused inputs
+
+
+def test_two_slice_real_nrrd_is_refused(tmp_path: Path, models: Path, capsys: pytest.CaptureFixture) -> None:
+    source = shared_ct("ChestImagingPlatform/crop_ct_2slices.nrrd")
+    code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nrrd", "--model", models / "tiny.json")
+    assert_refused(code, err, "the model needs at least 4 slices, got 2", tmp_path, [])
+
+
+def test_2d_image_is_refused(tmp_path: Path, models: Path, capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / "slice.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 1), dtype=np.int16), np.eye(4)), source)
+    code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nii.gz", "--model", models / "tiny.json")
+    assert_refused(code, err, "slice.nii.gz is a 2D image (32 x 32 x 1 voxels)", tmp_path, ["slice.nii.gz"])
+
+
+def test_missing_spacing_is_refused(tmp_path: Path, models: Path, capsys: pytest.CaptureFixture) -> None:
+    source = tmp_path / "no_geometry.nrrd"
+    header = "NRRD0004\ntype: short\ndimension: 3\nsizes: 16 16 6\nendian: little\nencoding: raw\n\n"
+    source.write_bytes(header.encode() + np.zeros((6, 16, 16), "<i2").tobytes())
+    code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nrrd", "--model", models / "tiny.json")
+    assert_refused(code, err, "spacing is missing or zero", tmp_path, ["no_geometry.nrrd"])
+
+
+def test_slices_already_thin_are_refused(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = with_spacing(small_ct, tmp_path / "in" / "one_mm.nii.gz", 1.0)
+    code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nii.gz", "--model", models / "tiny.json")
+    assert_refused(code, err, "already as thin as this model's output", tmp_path, ["in"])
+
+
+def test_nan_values_are_refused(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    volume = read_volume(small_ct)
+    values = volume.array.astype(np.float32)
+    values[2, 5, 7] = np.nan
+    values[3, 1, 1] = np.inf
+    source = write_volume(tmp_path / "in" / "nan.nii.gz", values, volume.affine)
+    code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nii.gz", "--model", models / "tiny.json")
+    assert_refused(code, err, "the volume has 2 NaN or infinite values", tmp_path, ["in"])
+
+
+def test_unreadable_and_missing_inputs_are_refused(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    garbage = tmp_path / "broken.nii.gz"
+    garbage.write_bytes(b"\x1f\x8b\x08\x00 definitely not a gzip stream")
+    code, _, err = cli(capsys, "predict", garbage, tmp_path / "thin.nii.gz", "--model", models / "tiny.json")
+    assert_refused(
+        code, err, "cannot read broken.nii.gz: the file is unreadable or corrupt", tmp_path, ["broken.nii.gz"]
+    )
+    code, _, err = cli(
+        capsys, "predict", tmp_path / "absent.nrrd", tmp_path / "thin.nii.gz", "--model", models / "tiny.json"
+    )
+    assert_refused(code, err, "file not found", tmp_path, ["broken.nii.gz"])
+
+
+def test_output_problems_are_refused(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = ["--model", models / "tiny.json"]
+    before = ["small.nii.gz"]
+    code, _, err = cli(capsys, "predict", small_ct, small_ct, *model, "--overwrite")
+    assert_refused(code, err, "is the input file", small_ct.parent, before)
+    code, _, err = cli(capsys, "predict", small_ct, small_ct.parent / "thin.png", *model)
+    assert_refused(code, err, "unsupported file type", small_ct.parent, before)
+    code, _, err = cli(capsys, "predict", small_ct, tmp_path / "missing" / "thin.nrrd", *model)
+    assert_refused(code, err, "does not exist; create it first", small_ct.parent, before)
+
+
+def test_bad_device_and_options_are_refused(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    argv = ["predict", small_ct, tmp_path / "thin.nii.gz", "--model", models / "tiny.json"]
+    code, _, err = cli(capsys, *argv, "--device", "tpu")
+    assert_refused(code, err, "unknown device 'tpu'", tmp_path, ["in"])
+    if not torch.cuda.is_available():
+        code, _, err = cli(capsys, *argv, "--device", "cuda")
+        assert_refused(code, err, "CUDA", tmp_path, ["in"])
+    code, _, err = cli(capsys, *argv, "--tile", 4)
+    assert_refused(code, err, "tile 4 is too small", tmp_path, ["in"])
+    code, _, err = cli(capsys, *argv, "--depth-overlap", 0)
+    assert_refused(code, err, "depth_overlap must be between 1 and 3", tmp_path, ["in"])
+
+
+def test_model_problems_are_refused(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    bad = tmp_path / "models"
+    bad.mkdir()
+    for name in ("tiny.json", "tiny.safetensors"):
+        (bad / name).write_bytes((models / name).read_bytes())
+    card = json.loads((bad / "tiny.json").read_text())
+    (bad / "tiny.json").write_text(json.dumps({**card, "ratio": 2.5}))
+    output = tmp_path / "thin.nii.gz"
+    code, _, err = cli(capsys, "predict", small_ct, output, "--model", bad / "tiny.json")
+    assert_refused(code, err, "ratio 2.5 is not a positive whole number", tmp_path, ["in", "models"])
+
+    (bad / "tiny.json").write_text(json.dumps(card))
+    blob = bytearray((bad / "tiny.safetensors").read_bytes())
+    blob[-1] ^= 1
+    (bad / "tiny.safetensors").write_bytes(bytes(blob))
+    code, _, err = cli(capsys, "predict", small_ct, output, "--model", bad / "tiny.json")
+    assert_refused(code, err, "checksum mismatch", tmp_path, ["in", "models"])
+
+    torch.save({"weights": 1}, bad / "model.pt")
+    code, _, err = cli(capsys, "predict", small_ct, output, "--model", bad / "model.pt")
+    assert_refused(code, err, "never loads pickles", tmp_path, ["in", "models"])
+
+
+def test_without_a_bundled_model_the_error_says_how_to_get_one(
+    tmp_path: Path, small_ct: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    empty = tmp_path / "Models"
+    empty.mkdir()
+    monkeypatch.setattr(weights, "bundled_models_dir", lambda: empty)
+    code, _, err = cli(capsys, "predict", small_ct, tmp_path / "thin.nii.gz")
+    assert_refused(code, err, "no trained model is bundled with VolumetricSR yet", tmp_path, ["Models", "in"])
+    assert "volumetricsr-train" in err
+
+
+# ---------------------------------------------------------------- summary
+
+
+def parse_table(text: str) -> dict[str, dict[str, int]]:
+    lines = [line.split() for line in text.strip().splitlines()]
+    header_index = next(i for i, line in enumerate(lines) if line[0] == "variant")
+    columns = lines[header_index][1:]
+    return {
+        line[0]: dict(zip(columns, (int(v.replace(",", "")) for v in line[1:]), strict=True))
+        for line in lines[header_index + 1 :]
+    }
+
+
+def test_summary_counts_every_variant_by_part(capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = cli(capsys, "summary")
+    assert code == 0
+    table = parse_table(out)
+    assert list(table) == ["full", "no_tab", "encoder_only", "vit"]
+    for name, row in table.items():
+        assert sum(v for k, v in row.items() if k != "total") == row["total"], name
+    for variant in ("full", "no_tab", "encoder_only"):
+        assert table[variant]["total"] == count_parameters(TVSRN(TVSRNConfig.variant_defaults(variant)))
+    assert table["full"]["TAB"] > 0 and table["no_tab"]["TAB"] == 0
+    assert table["full"]["decoder"] == table["no_tab"]["decoder"] > 0
+    assert table["encoder_only"]["decoder"] == 0 and table["vit"]["TAB"] == 0
+    assert table["vit"]["encoder"] > 10 * table["full"]["encoder"]
+
+
+def test_summary_of_one_variant_and_of_a_model_file(models: Path, capsys: pytest.CaptureFixture) -> None:
+    code, out, _ = cli(capsys, "summary", "--variant", "no_tab")
+    assert code == 0 and list(parse_table(out)) == ["no_tab"]
+
+    code, out, _ = cli(capsys, "summary", "--model", models / "tiny.json")
+    assert code == 0
+    assert out.startswith("tiny: Tiny (trained, x5, variant full)")
+    row = parse_table(out)["tiny"]
+    assert row["total"] == json.loads((models / "tiny.json").read_text())["parameters"]
+    assert row == parameter_parts(TVSRN(TINY))
+
+
+def test_unknown_variant_is_an_argument_error(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["summary", "--variant", "huge"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- demo
+
+
+def test_demo_subcommand_is_wired_to_the_demo_module(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--help"])
+    assert exit_info.value.code == 0
+    assert "--output-dir" in capsys.readouterr().out
+
+    out = tmp_path / "demo"
+    argv = [
+        "demo",
+        "--input",
+        tmp_path / "absent.nii.gz",
+        "--output-dir",
+        out,
+        "--model",
+        models / "tiny.json",
+    ]
+    code, _, err = cli(capsys, *argv)
+    assert code == 2 and err.strip() == f"error: file not found: {tmp_path / 'absent.nii.gz'}"
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- the installed console script
+
+
+def console_script() -> list[str]:
+    script = Path(sys.executable).parent / "volumetricsr"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "VolumetricSRLib.cli"]
+
+
+def test_console_script_predicts_and_refuses_in_a_subprocess(
+    tmp_path: Path, small_ct: Path, models: Path
+) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "2"}
+    output = tmp_path / "thin.nrrd"
+    argv = [*console_script(), "predict", str(small_ct), str(output), "--model", str(models / "tiny.json")]
+    done = subprocess.run([*argv, "--device", "cpu"], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "32 x 32 x 26 voxels" in done.stdout
+    assert read_volume(output).array.shape == (26, 32, 32)
+
+    refused = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300)
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1].startswith(f"error: {output} already exists")
+    assert "Traceback" not in refused.stderr
