@@ -1,0 +1,142 @@
+"""The training loop on real CT: the loss falls, resume is exact, logs, curves and checkpoints."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, shared_ct
+from training.config import TrainConfig, load_config
+from training.trainer import Trainer, learning_rate, state_digest
+from VolumetricSRLib.network import TVSRN, TVSRNConfig
+
+TINY = {"channels": 2, "encoder_layers": 1, "fim_layers": 1, "heads": 1, "window": 4, "tab_fold": 2,
+        "tab_window": [4, 4]}  # fmt: skip
+CT = "TotalSegmentator/example_ct_sm.nii.gz"  # a training fixture; never the held-out test scans
+
+
+def tiny_config(run_dir: Path, **overrides) -> TrainConfig:
+    settings = {
+        "run_dir": str(run_dir), "model": {**TINY, "output": "direct"}, "train_volumes": [str(shared_ct(CT))],
+        "crop": [4, 16, 16], "batch": 2, "steps": 8, "lr": 3e-3, "warmup": 2, "log_every": 1,
+        "device": "cpu", "threads": 1, "progress": False, "snapshot_every": 0,
+    }  # fmt: skip
+    return TrainConfig(**{**settings, **overrides})
+
+
+def losses(run_dir: Path) -> list[tuple[str, str]]:
+    with open(run_dir / "log.csv", newline="") as handle:
+        return [(row["step"], row["loss"]) for row in csv.DictReader(handle) if row["loss"]]
+
+
+def test_a_few_steps_lower_the_loss_on_a_real_ct_crop(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, steps=40, tensorboard=False, plot=False))
+    trainer.run()
+    values = [float(loss) for _, loss in losses(tmp_path)]
+    assert len(values) == 40
+    assert np.mean(values[-5:]) < 0.5 * np.mean(values[:5])
+
+
+def test_resume_continues_exactly(tmp_path):
+    whole = Trainer(tiny_config(tmp_path / "whole"))
+    whole.run()
+    first = Trainer(tiny_config(tmp_path / "split"))
+    first.run(max_steps=3)
+    assert first.step == 3
+    second = Trainer(tiny_config(tmp_path / "split"))
+    assert second.resume() and second.step == 3
+    second.run()
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert len(losses(tmp_path / "whole")) == 8
+    assert state_digest(second.model) == state_digest(whole.model)
+
+
+def test_a_checkpoint_with_only_the_original_keys_still_resumes(tmp_path):
+    Trainer(tiny_config(tmp_path)).run(max_steps=4)
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    original = {key: state[key] for key in ("model", "optimizer", "step", "best_psnr", "config")}
+    torch.save(original, tmp_path / "last.pt")
+    resumed = Trainer(tiny_config(tmp_path))
+    assert resumed.resume() and resumed.step == 4
+    assert resumed.train_seconds > 0  # recovered from log.csv
+    resumed.run()
+    assert resumed.step == 8
+
+
+def test_resume_refuses_a_different_model(tmp_path):
+    Trainer(tiny_config(tmp_path)).run(max_steps=1)
+    other = Trainer(tiny_config(tmp_path, model={**TINY, "output": "residual"}))
+    with pytest.raises(ValueError, match="trained with model config"):
+        other.resume()
+
+
+def test_validation_keeps_the_best_checkpoint_and_writes_curves(tmp_path):
+    val = str(shared_ct(CT))
+    trainer = Trainer(tiny_config(tmp_path, steps=6, val_every=3, val_volumes=[val], snapshot_every=3))
+    trainer.run()
+    with open(tmp_path / "log.csv", newline="") as handle:
+        rows = [row for row in csv.DictReader(handle) if row["val_psnr"]]
+    assert [row["step"] for row in rows] == ["3", "6"]
+    best = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert best["best_psnr"] == pytest.approx(max(float(row["val_psnr"]) for row in rows))
+    assert (tmp_path / "step_000003.pt").exists() and (tmp_path / "step_000006.pt").exists()
+    assert (tmp_path / "training_curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    events = list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and max(p.stat().st_size for p in events) > 100
+    last = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert last["step"] == 6 and json.loads(last["config"])["val_every"] == 3
+    assert last["train_seconds"] > 0 and last["hardware"] == ["cpu (1 threads)"]
+
+
+def test_missing_tensorboard_is_a_message_not_a_crash(tmp_path):
+    argv = ["train", "--max-steps", "2", "--set", f"run_dir={tmp_path}"]
+    settings = {"train_volumes": [str(shared_ct(CT))], "crop": [4, 16, 16], "device": "cpu", "threads": 1,
+                "progress": False, **{f"model.{key}": value for key, value in TINY.items()}}  # fmt: skip
+    for key, value in settings.items():
+        argv += ["--set", f"{key}={value!r}"]
+    code = (
+        "import sys; sys.modules['torch.utils.tensorboard'] = None  # as if tensorboard were not installed\n"
+        f"from training.cli import main; sys.exit(main({argv!r}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "tensorboard package is not installed" in done.stderr
+    assert "stopped at step 2" in done.stdout
+    assert not (tmp_path / "tensorboard").exists() and (tmp_path / "last.pt").exists()
+
+
+def test_learning_rate_warms_up_then_decays_to_zero():
+    cfg = TrainConfig(lr=1e-3, warmup=10, steps=110)
+    assert learning_rate(cfg, 0) == pytest.approx(1e-4)
+    assert learning_rate(cfg, 9) == pytest.approx(1e-3)
+    assert learning_rate(cfg, 60) == pytest.approx(5e-4)
+    assert learning_rate(cfg, 110) == pytest.approx(0.0)
+
+
+def test_config_errors_name_the_problem(tmp_path):
+    with pytest.raises(ValueError, match="crop depth 3 must equal the network's input depth 4"):
+        TrainConfig(crop=[3, 64, 64])
+    with pytest.raises(ValueError, match="not both"):
+        TrainConfig(train_volumes=["a.nii.gz"], rplhr_root="data")
+    with pytest.raises(ValueError, match="unknown training config keys: \\['stepz'\\]"):
+        load_config(None, ["stepz=3"])
+    shipped = load_config(REPO / "training" / "configs" / "shared_ct_tvsrn.toml", ["steps=10"])
+    assert shipped.steps == 10 and shipped.model == {"output": "residual"}
+
+
+def test_training_works_after_inference_on_the_same_shape():
+    """Validation runs the predictor under inference_mode; the network's cached masks must stay usable."""
+    model = TVSRN(TVSRNConfig(**TINY))
+    shape = (1, 4, 12, 28)  # a shape no other test uses, so the caches are first filled here
+    with torch.inference_mode():
+        model(torch.rand(shape))
+    loss = model(torch.rand(shape)).mean()
+    loss.backward()
+    assert model.embed.weight.grad is not None

@@ -1,0 +1,120 @@
+"""Pseudo pairs: simulated thick slices sit where their thin slab sits in world space."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from conftest import shared_ct
+from training.data import PseudoPairSampler, ThinVolume
+from training.pseudo_pairs import make_pseudo_pair, simulate_thick_slices, slab_profile
+from VolumetricSRLib.geometry import voxel_spacing
+from VolumetricSRLib.intensity import hu_to_unit
+from VolumetricSRLib.phantom import simulate_thick
+from VolumetricSRLib.volume_io import read_volume
+
+RATIO = 5
+
+
+def oblique_affine(slice_mm: float = 1.25, pixel_mm: float = 0.7) -> np.ndarray:
+    """A rotated, flipped-slice-axis affine: index arithmetic alone would not find the world positions."""
+    angle = np.deg2rad(20.0)
+    rotation = np.array(
+        [[np.cos(angle), -np.sin(angle), 0.0], [np.sin(angle), np.cos(angle), 0.0], [0.0, 0.0, 1.0]]
+    )
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.diag([pixel_mm, -pixel_mm, -slice_mm])
+    affine[:3, 3] = [12.5, -40.0, 300.0]
+    return affine
+
+
+def world_of_slice(affine: np.ndarray, k: float) -> np.ndarray:
+    return affine[:3, :3] @ np.array([3.0, 2.0, k]) + affine[:3, 3]
+
+
+def thin_index_at(affine: np.ndarray, world: np.ndarray) -> float:
+    return float(np.linalg.solve(affine[:3, :3], world - affine[:3, 3])[2])
+
+
+def test_each_thick_slice_is_the_mean_of_the_thin_slices_around_its_world_position():
+    rng = np.random.default_rng(3)
+    thin = rng.normal(0.0, 300.0, (37, 6, 5)).astype(np.float32)  # 7 whole slabs, 2 spare slices
+    thin_affine = oblique_affine()
+    pair = make_pseudo_pair(thin, thin_affine, RATIO)
+    assert pair.thick.shape == (7, 6, 5)
+    assert np.allclose(voxel_spacing(pair.thick_affine), voxel_spacing(thin_affine) * [1, 1, RATIO])
+    for k in range(pair.thick.shape[0]):
+        centre = thin_index_at(thin_affine, world_of_slice(pair.thick_affine, k))
+        assert centre == pytest.approx(round(centre), abs=1e-9)
+        m = round(centre)
+        assert np.allclose(pair.thick[k], thin[m - 2 : m + 3].mean(axis=0), atol=1e-3)
+        # the thin truth slice r k lies on thick slice k, and the truth grid is the thin grid
+        assert np.array_equal(pair.truth[RATIO * k], thin[m])
+        assert np.allclose(world_of_slice(pair.truth_affine, RATIO * k), world_of_slice(thin_affine, m))
+    assert pair.truth.shape[0] == (7 - 1) * RATIO + 1
+
+
+def test_real_ct_pseudo_pair_matches_the_core_simulation():
+    volume = read_volume(shared_ct("TotalSegmentator/example_ct_sm.nii.gz"))
+    thin = volume.array.astype(np.float32)
+    pair = make_pseudo_pair(thin, volume.affine, RATIO)
+    core_thick, core_affine = simulate_thick(thin, volume.affine, RATIO)
+    assert np.array_equal(pair.thick, core_thick)
+    assert np.array_equal(pair.thick_affine, core_affine)
+    # thick slice 1 is the mean of thin slices 5..9 and lies 7 slices (21 mm) above the first thin one
+    assert np.allclose(pair.thick[1], thin[5:10].mean(axis=0), atol=1e-3)
+    assert world_of_slice(pair.thick_affine, 1)[2] == pytest.approx(volume.affine[2, 3] + 7 * 3.0)
+
+
+def test_gaussian_slab_weights_the_centre_most():
+    weights = slab_profile(RATIO, "gaussian")
+    assert weights.sum() == pytest.approx(1.0)
+    assert np.allclose(weights, weights[::-1])
+    assert weights[2] > weights[1] > weights[0] > 0
+    thin = np.random.default_rng(1).random((10, 3, 3)).astype(np.float32)
+    thick = simulate_thick_slices(thin, RATIO, "gaussian")
+    expected = np.tensordot(weights, thin[5:10], axes=(0, 0))
+    assert np.allclose(thick[1], expected, atol=1e-6)
+
+
+def test_bad_slab_or_ratio_is_refused_with_the_reason():
+    with pytest.raises(ValueError, match="unknown slab profile 'tent'"):
+        slab_profile(RATIO, "tent")
+    with pytest.raises(ValueError, match="even"):
+        make_pseudo_pair(np.zeros((20, 4, 4), np.float32), np.eye(4), 4)
+    with pytest.raises(ValueError, match="fewer than 2 thick slices"):
+        make_pseudo_pair(np.zeros((7, 4, 4), np.float32), np.eye(4), RATIO)
+
+
+def ramp_volume(slices: int = 40, rows: int = 24, cols: int = 24) -> np.ndarray:
+    """Values linear in slice, row and column (unit scale): a slab mean equals its centre slice."""
+    k, j, i = np.meshgrid(np.arange(slices), np.arange(rows), np.arange(cols), indexing="ij")
+    return (0.2 + 0.01 * k + 0.003 * j + 0.001 * i).astype(np.float32)
+
+
+def test_sampler_crops_put_each_thick_slice_on_its_thin_target_slice():
+    volume = [ThinVolume("ramp", ramp_volume(), 1)]
+    sampler = PseudoPairSampler([volume], [], RATIO, (4, 8, 8), min_body_fraction=0.0)
+    thick, thin = sampler.batch(seed=0, rank=0, step=0, size=16)
+    assert thick.shape == (16, 4, 8, 8) and thin.shape == (16, 16, 8, 8)
+    assert thick.dtype == thin.dtype == np.float32
+    assert np.allclose(thick, thin[:, ::RATIO], atol=1e-6)
+    # flips happened (columns decrease in some crops) and are applied to both crops alike
+    slopes = np.sign(thin[:, 0, 0, 1] - thin[:, 0, 0, 0])
+    assert set(slopes) == {-1.0, 1.0}
+
+
+def test_sampler_batches_depend_only_on_seed_rank_and_step():
+    unit = hu_to_unit(read_volume(shared_ct("TotalSegmentator/example_ct_sm.nii.gz")).array)
+    sampler = PseudoPairSampler([[ThinVolume("ct", unit, 1)]], [], RATIO, (4, 16, 16), noise_hu=10.0)
+    first = sampler.batch(7, 0, 12, 2)
+    again = sampler.batch(7, 0, 12, 2)
+    other_rank = sampler.batch(7, 1, 12, 2)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not np.array_equal(first[1], other_rank[1])
+
+
+def test_sampler_refuses_a_volume_smaller_than_a_crop():
+    volume = [ThinVolume("small", ramp_volume(slices=12), 1)]
+    with pytest.raises(ValueError, match="smaller than one crop"):
+        PseudoPairSampler([volume], [], RATIO, (4, 8, 8))

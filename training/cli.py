@@ -1,0 +1,223 @@
+"""`volumetricsr-train`: train, evaluate, export TVSRN models and check or make datasets.
+
+Runs the same under torchrun for DDP: `torchrun --nproc_per_node N -m training.cli train ...`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from training.config import load_config
+
+EXIT_PROBLEMS = 1
+
+
+def _train(args: argparse.Namespace) -> int:
+    from training.trainer import Trainer
+
+    cfg = load_config(args.config, args.set)
+    trainer = Trainer(cfg)
+    if trainer.resume() and trainer.ctx.main:
+        print(f"resumed {cfg.run_dir} at step {trainer.step}")
+    trainer.run(max_steps=args.max_steps, max_minutes=args.max_minutes)
+    if trainer.ctx.main:
+        print(f"stopped at step {trainer.step} of {cfg.steps}; checkpoints in {cfg.run_dir}")
+    trainer.ctx.close()
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from training.evaluate import (
+        evaluate,
+        load_for_evaluation,
+        markdown_table,
+        pseudo_cases,
+        real_cases,
+        thin_volume_paths,
+        write_results,
+    )
+    from VolumetricSRLib.predictor import PredictOptions
+
+    options = PredictOptions(device=args.device, tile=args.tile, batch=args.batch)
+    model = load_for_evaluation(args.model, device="cpu")
+    ratio, depth = model.network.cfg.ratio, model.network.cfg.depth
+    if args.rplhr:
+        cases = real_cases(args.rplhr, args.split, ratio, depth)
+        data = f"real pairs of RPLHR-CT split {args.split} in {args.rplhr} (matched by world position)"
+    else:
+        paths = thin_volume_paths(args.volumes)
+        cases = pseudo_cases(paths, ratio, args.slab)
+        data = f"pseudo pairs ({args.slab} slab of {ratio} thin slices, simulated thick) from " + ", ".join(
+            p.name for p in paths
+        )
+    rows, summary = evaluate(model, cases, options, log=print)
+    summary["data"] = data
+    summary["command"] = "volumetricsr-train " + shlex.join(args.argv)
+    written = write_results(rows, summary, args.out, model.label)
+    print()
+    print(markdown_table(summary, model.label))
+    print()
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from training.export import export_checkpoint, read_metrics
+
+    card = export_checkpoint(
+        args.checkpoint,
+        args.out,
+        id=args.id,
+        name=args.name,
+        description=args.description,
+        metrics=read_metrics(args.metrics),
+        hardware=args.hardware,
+        minutes=args.minutes,
+        thick_spacing_mm=args.thick_spacing,
+        overwrite=args.overwrite,
+        set_default=args.set_default,
+    )
+    print(f"wrote {card} and {card.with_suffix('.safetensors')} (loaded back: OK)")
+    return 0
+
+
+def _check_data(args: argparse.Namespace) -> int:
+    from training.rplhr import check_dataset
+
+    report = check_dataset(args.root, tuple(args.splits), args.ratio, args.min_slices)
+    print(report.text())
+    return 0 if report.ok else EXIT_PROBLEMS
+
+
+def _make_pairs(args: argparse.Namespace) -> int:
+    from training.evaluate import thin_volume_paths, volume_name
+    from training.pseudo_pairs import make_pseudo_pair
+    from training.rplhr import THICK_FOLDER, THIN_FOLDER
+    from VolumetricSRLib.intensity import to_int16_hu
+    from VolumetricSRLib.volume_io import read_volume, write_volume
+
+    rng = np.random.default_rng(args.seed)
+    folders = {kind: Path(args.out) / args.split / kind for kind in (THIN_FOLDER, THICK_FOLDER)}
+    for folder in folders.values():
+        folder.mkdir(parents=True, exist_ok=True)
+    for path in thin_volume_paths(args.volumes):
+        volume = read_volume(path)
+        pair = make_pseudo_pair(volume.array.astype(np.float32), volume.affine, args.ratio, args.slab)
+        thick = pair.thick + rng.normal(0.0, args.noise_hu, pair.thick.shape) if args.noise_hu else pair.thick
+        case = volume_name(path)
+        thin_out = write_volume(
+            folders[THIN_FOLDER] / f"{case}.nii.gz",
+            volume.array,
+            volume.affine,
+            overwrite=args.overwrite,
+            input_path=path,
+        )
+        thick_out = write_volume(
+            folders[THICK_FOLDER] / f"{case}.nii.gz",
+            to_int16_hu(thick),
+            pair.thick_affine,
+            overwrite=args.overwrite,
+            input_path=path,
+        )
+        print(
+            f"{case}: {thin_out} ({volume.array.shape[0]} thin slices), {thick_out} ({thick.shape[0]} thick)"
+        )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="volumetricsr-train", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    train = sub.add_parser("train", help="train or resume a run (also under torchrun for DDP)")
+    train.add_argument("--config", help="TOML config file (defaults when omitted)")
+    train.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config key"
+    )
+    train.add_argument("--max-steps", type=int, help="stop after this many more steps")
+    train.add_argument("--max-minutes", type=float, help="stop (with a checkpoint) after this many minutes")
+    train.set_defaults(func=_train)
+
+    evaluate = sub.add_parser(
+        "evaluate", help="PSNR/SSIM (paper protocol) of a model, linear and cubic interpolation"
+    )
+    evaluate.add_argument(
+        "--model",
+        required=True,
+        help="model file (.safetensors/.json), bundled model id, or checkpoint (.pt)",
+    )
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--volumes", nargs="+", metavar="PATH", help="thin volumes or folders (pseudo pairs)")
+    source.add_argument("--rplhr", metavar="ROOT", help="RPLHR-CT folder (real pairs)")
+    evaluate.add_argument("--split", default="test", help="RPLHR-CT split (default test)")
+    evaluate.add_argument("--slab", default="box", choices=("box", "gaussian"), help="pseudo thick slab")
+    evaluate.add_argument("--out", required=True, help="folder for cases.csv, summary.json, summary.md")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    evaluate.add_argument("--tile", type=int, help="in-plane tile size (default: whole slices)")
+    evaluate.add_argument("--batch", type=int, default=1, help="pieces per network call")
+    evaluate.set_defaults(func=_evaluate)
+
+    export = sub.add_parser("export", help="checkpoint -> <id>.safetensors + <id>.json model card")
+    export.add_argument("checkpoint", help="last.pt, best.pt or step_N.pt of a run")
+    export.add_argument("--id", required=True, help="model id (file name)")
+    export.add_argument("--name", required=True, help="human-readable model name")
+    export.add_argument("--description", default="", help="card description (default: written from the run)")
+    export.add_argument("--out", default="Resources/Models", help="output folder (default Resources/Models)")
+    export.add_argument(
+        "--metrics",
+        action="append",
+        default=[],
+        metavar="LABEL=SUMMARY.json",
+        help="evaluation summary to put on the card, e.g. test=eval/test/summary.json",
+    )
+    export.add_argument("--hardware", help="what it was trained on (default: recorded in the checkpoint)")
+    export.add_argument("--minutes", type=float, help="training minutes (default: from the checkpoint/log)")
+    export.add_argument(
+        "--thick-spacing", type=float, default=5.0, help="thick spacing the model is for (mm)"
+    )
+    export.add_argument("--overwrite", action="store_true", help="replace an existing model of this id")
+    export.add_argument("--set-default", action="store_true", help="make it the default model (default.txt)")
+    export.set_defaults(func=_export)
+
+    check = sub.add_parser(
+        "check-data", help="check an RPLHR-CT folder and report every case that does not fit"
+    )
+    check.add_argument("root", help="ROOT of ROOT/{train,val,test}/{1mm,5mm}/CASE.nii.gz")
+    check.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="splits to check")
+    check.add_argument("--ratio", type=int, help="the ratio every pair must have (e.g. 5)")
+    check.add_argument("--min-slices", type=int, default=4, help="thick slices a pair needs (default 4)")
+    check.set_defaults(func=_check_data)
+
+    pairs = sub.add_parser(
+        "make-pairs", help="write pseudo thick files beside thin ones in the RPLHR-CT layout"
+    )
+    pairs.add_argument("--volumes", nargs="+", required=True, metavar="PATH", help="thin volumes or folders")
+    pairs.add_argument("--out", required=True, help="dataset ROOT")
+    pairs.add_argument("--split", default="train", help="split folder (default train)")
+    pairs.add_argument("--ratio", type=int, default=5, help="thin slices per thick slice (odd, default 5)")
+    pairs.add_argument("--slab", default="box", choices=("box", "gaussian"), help="slab profile")
+    pairs.add_argument("--noise-hu", type=float, default=0.0, help="Gaussian noise added to the thick slices")
+    pairs.add_argument("--seed", type=int, default=0, help="noise seed")
+    pairs.add_argument("--overwrite", action="store_true", help="replace existing files")
+    pairs.set_defaults(func=_make_pairs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"volumetricsr-train {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Training configuration: a TOML file plus `key=value` command-line overrides."""
+
+from __future__ import annotations
+
+import ast
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from VolumetricSRLib.network import TVSRNConfig
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; stored in every checkpoint."""
+
+    run_dir: str = "runs/tvsrn"
+    model: dict = field(default_factory=lambda: {"output": "residual"})
+    # data: thin-only CT volumes for pseudo pairs, with sampling weights; or an RPLHR-CT root
+    train_volumes: list = field(default_factory=list)
+    train_weights: list = field(default_factory=list)
+    val_volumes: list = field(default_factory=list)
+    rplhr_root: str = ""
+    rplhr_skip_invalid: bool = False
+    slab: str = "box"
+    noise_hu: float = 0.0
+    crop: list = field(default_factory=lambda: [4, 64, 64])
+    inplane_scales: list = field(default_factory=lambda: [1])
+    min_body_fraction: float = 0.2
+    flip: bool = True
+    # optimisation
+    batch: int = 2
+    steps: int = 4000
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup: int = 100
+    schedule: str = "cosine"
+    grad_clip: float = 1.0
+    amp: bool = True
+    seed: int = 0
+    threads: int = 2
+    # bookkeeping
+    log_every: int = 10
+    val_every: int = 0
+    snapshot_every: int = 250
+    checkpoint_minutes: float = 5.0
+    val_tile: int = 0
+    device: str = "auto"
+    tensorboard: bool = True
+    plot: bool = True
+    progress: bool = True
+    # each rank writes replica_digest_rank<R>.txt (SHA-256 of its weights) when a run ends
+    write_digests: bool = False
+
+    def __post_init__(self) -> None:
+        TVSRNConfig.from_dict(self.model)
+        if self.optimizer not in ("adam", "adamw"):
+            raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if self.slab not in ("box", "gaussian"):
+            raise ValueError(f"slab must be box or gaussian, got {self.slab!r}")
+        if self.train_weights and len(self.train_weights) != len(self.train_volumes):
+            raise ValueError("train_weights needs one weight per train volume")
+        if len(self.crop) != 3:
+            raise ValueError("crop is [depth, height, width] of the thick crop")
+        if self.crop[0] != self.network.depth:
+            raise ValueError(
+                f"the crop depth {self.crop[0]} must equal the network's input depth {self.network.depth}"
+            )
+        if self.train_volumes and self.rplhr_root:
+            raise ValueError("give either train_volumes (pseudo pairs) or rplhr_root (real pairs), not both")
+
+    @property
+    def network(self) -> TVSRNConfig:
+        return TVSRNConfig.from_dict(self.model)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _parse_value(text: str) -> object:
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        return text
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply `key=value` (or `model.key=value`) strings to a config dictionary."""
+    data = {**data, "model": dict(data.get("model", {}))}
+    for item in overrides:
+        if "=" not in item:
+            raise ValueError(f"override {item!r} is not key=value")
+        key, value = item.split("=", 1)
+        target = data
+        if key.startswith("model."):
+            target, key = data["model"], key[len("model.") :]
+        target[key] = _parse_value(value)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a TOML config (or the defaults when path is None) and apply overrides."""
+    data: dict = {}
+    if path is not None:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    data = apply_overrides(data, overrides or [])
+    known = {f.name for f in fields(TrainConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ValueError(f"unknown training config keys: {sorted(unknown)}")
+    return TrainConfig(**data)

@@ -1,0 +1,135 @@
+"""Training data: in-memory thin volumes and random pseudo-pair crops.
+
+Every sampler draws a batch from a generator seeded with (seed, rank, step) only, so a resumed
+run replays exactly the batches an uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from training.pseudo_pairs import first_matching_thin_slice, simulate_thick_slices, slab_profile
+from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
+from VolumetricSRLib.volume_io import read_volume
+
+BODY_HU = -900.0
+BODY_LEVEL = float(hu_to_unit(np.array([BODY_HU]))[0])
+CROP_TRIES = 20
+
+
+@dataclass
+class ThinVolume:
+    """One thin CT volume on the [0, 1] scale, possibly downsampled in-plane."""
+
+    name: str
+    unit: np.ndarray
+    scale: int
+
+
+def downsample_inplane(volume: np.ndarray, factor: int) -> np.ndarray:
+    """Mean over factor x factor pixel blocks (rows and columns beyond a whole block are dropped)."""
+    if factor == 1:
+        return volume
+    k, j, i = volume.shape
+    j2, i2 = j // factor * factor, i // factor * factor
+    blocks = volume[:, :j2, :i2].reshape(k, j2 // factor, factor, i2 // factor, factor)
+    return blocks.mean(axis=(2, 4), dtype=np.float32)
+
+
+def load_thin_volumes(paths: list[str], scales: list[int]) -> list[list[ThinVolume]]:
+    """Read each volume once and keep it in memory at every in-plane scale."""
+    volumes = []
+    for path in paths:
+        unit = hu_to_unit(read_volume(Path(path)).array)
+        volumes.append(
+            [
+                ThinVolume(Path(path).name, np.ascontiguousarray(downsample_inplane(unit, s)), s)
+                for s in scales
+            ]
+        )
+    return volumes
+
+
+class PairSampler(ABC):
+    """What every sampler shares: batches keyed by (seed, rank, step), body check, flips."""
+
+    flip: bool
+    min_body: float
+
+    @abstractmethod
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """One pair: thick (D, h, w) and thin ((D - 1) r + 1, h, w), float32 on [0, 1]."""
+
+    def batch(self, seed: int, rank: int, step: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """A batch that depends only on (seed, rank, step): resuming replays the same data."""
+        rng = np.random.default_rng([seed, rank, step])
+        pairs = [self.sample(rng) for _ in range(size)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])
+
+    def has_body(self, block: np.ndarray) -> bool:
+        """Enough voxels above air for the crop to teach anatomy."""
+        return bool((block > BODY_LEVEL).mean() >= self.min_body)
+
+    def finish(
+        self, rng: np.random.Generator, thick: np.ndarray, thin: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Random horizontal (left-right) flip of both crops, as contiguous arrays."""
+        if self.flip and rng.random() < 0.5:
+            thick, thin = thick[:, :, ::-1], thin[:, :, ::-1]
+        return np.ascontiguousarray(thick), np.ascontiguousarray(thin)
+
+
+class PseudoPairSampler(PairSampler):
+    """Random (simulated thick crop, thin target) pairs from thin-only volumes."""
+
+    def __init__(
+        self,
+        volumes: list[list[ThinVolume]],
+        weights: list[float],
+        ratio: int,
+        crop: tuple[int, int, int],
+        slab: str = "box",
+        noise_hu: float = 0.0,
+        flip: bool = True,
+        min_body_fraction: float = 0.2,
+    ) -> None:
+        self.volumes = volumes
+        w = np.asarray(weights or [1.0] * len(volumes), dtype=np.float64)
+        self.weights = w / w.sum()
+        self.ratio = ratio
+        self.depth, self.height, self.width = crop
+        slab_profile(ratio, slab)  # refuses an unknown profile now, not at the first batch
+        self.slab = slab
+        self.noise = noise_hu / (HU_MAX - HU_MIN)
+        self.flip = flip
+        self.min_body = min_body_fraction
+        self.offset = first_matching_thin_slice(ratio)
+        span = self.depth * ratio
+        for group in volumes:
+            vol = group[-1].unit
+            if vol.shape[0] < span or vol.shape[1] < self.height or vol.shape[2] < self.width:
+                raise ValueError(
+                    f"{group[0].name}: {vol.shape} voxels is smaller than one crop "
+                    f"({span} thin slices x {self.height} x {self.width}); use a smaller crop"
+                )
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        r, d = self.ratio, self.depth
+        group = self.volumes[rng.choice(len(self.volumes), p=self.weights)]
+        vol = group[rng.integers(len(group))].unit
+        for _ in range(CROP_TRIES):
+            z = rng.integers(0, vol.shape[0] - d * r + 1)
+            y = rng.integers(0, vol.shape[1] - self.height + 1)
+            x = rng.integers(0, vol.shape[2] - self.width + 1)
+            block = vol[z : z + d * r, y : y + self.height, x : x + self.width]
+            if self.has_body(block):
+                break
+        thick = simulate_thick_slices(block, r, self.slab)
+        thin = block[self.offset : self.offset + (d - 1) * r + 1]
+        if self.noise:
+            thick = thick + rng.normal(0.0, self.noise, thick.shape).astype(np.float32)
+        return self.finish(rng, thick, thin)

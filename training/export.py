@@ -1,0 +1,200 @@
+"""Checkpoint -> shipped model: `<id>.safetensors` + `<id>.json` model card (via the core's save_model).
+
+The card says what the model was trained on (and, for pseudo pairs, that the thick slices were
+simulated and that it never saw RPLHR-CT), the schedule, the steps and minutes, the hardware and
+the metrics passed in (evaluation summaries). The export is loaded back before it is reported done.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+
+import torch
+
+from training.curves import logged_seconds, read_log
+from training.rplhr import case_name, read_geometry
+from training.trainer import state_digest
+from VolumetricSRLib.geometry import voxel_spacing
+from VolumetricSRLib.network import TVSRN, TVSRNConfig
+from VolumetricSRLib.volume_io import read_volume
+from VolumetricSRLib.weights import DEFAULT_MARKER, load_model, save_model
+
+SCHEDULE_KEYS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "schedule",
+    "steps",
+    "grad_clip",
+    "batch",
+    "crop",
+    "inplane_scales",
+    "flip",
+    "min_body_fraction",
+    "amp",
+    "seed",
+)
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A training checkpoint (weights only, no pickled objects), with its config decoded."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    missing = {"model", "step", "config"} - set(state)
+    if missing:
+        raise ValueError(f"{path.name} is not a training checkpoint (missing {sorted(missing)})")
+    state["config"] = json.loads(state["config"])
+    return state
+
+
+def network_from_checkpoint(path: str | Path) -> tuple[TVSRN, dict]:
+    """The trained network of a checkpoint, and the checkpoint (config decoded)."""
+    state = read_checkpoint(path)
+    network = TVSRN(TVSRNConfig.from_dict(state["config"]["model"]))
+    network.load_state_dict(state["model"])
+    return network, state
+
+
+def training_minutes(state: dict, checkpoint: Path) -> float | None:
+    """Minutes of training up to the checkpoint: stored in it, else summed from the run's log.csv."""
+    if "train_seconds" in state:
+        return state["train_seconds"] / 60
+    log = checkpoint.parent / "log.csv"
+    if not log.exists():
+        return None
+    rows = [row for row in read_log(log) if row["step"] <= state["step"]]
+    return logged_seconds(rows) / 60 if rows else None
+
+
+def slice_spacing_mm(path: str | Path) -> float | None:
+    """Slice spacing of a volume file (header only for NIfTI); None when it cannot be read now."""
+    try:
+        if case_name(Path(path)) is not None:
+            _, affine = read_geometry(Path(path))
+        else:
+            affine = read_volume(path).affine
+    except (ValueError, OSError):
+        return None
+    return round(float(voxel_spacing(affine)[2]), 4)
+
+
+def describe_data(cfg: dict) -> dict:
+    """The training and validation data, in words a reader of the card can check."""
+    ratio = TVSRNConfig.from_dict(cfg["model"]).ratio
+    if cfg.get("rplhr_root"):
+        return {
+            "kind": "real thick/thin pairs (RPLHR-CT layout)",
+            "root": cfg["rplhr_root"],
+            "split": "train",
+            "validation": cfg.get("val_volumes") or "val split",
+        }
+    return {
+        "kind": "pseudo pairs from thin-only CT (not RPLHR-CT, no real thick reconstructions)",
+        "thin_volumes": [Path(p).name for p in cfg["train_volumes"]],
+        "thin_slice_mm": [slice_spacing_mm(p) for p in cfg["train_volumes"]],
+        "sampling_weights": cfg.get("train_weights") or "equal",
+        "thick_slices": (
+            f"simulated: each thick slice is the {cfg.get('slab', 'box')}-weighted mean of {ratio} "
+            f"consecutive thin slices, placed at their centre in world space"
+            + (f", plus Gaussian noise of {cfg['noise_hu']} HU" if cfg.get("noise_hu") else "")
+        ),
+        "validation_volumes": [Path(p).name for p in cfg.get("val_volumes", [])],
+    }
+
+
+def default_description(cfg: dict, steps: int, minutes: float | None, hardware: str) -> str:
+    data = describe_data(cfg)
+    ratio = TVSRNConfig.from_dict(cfg["model"]).ratio
+    when = f"{steps} steps" + (f" ({minutes:.1f} minutes on {hardware})" if minutes is not None else "")
+    if "thin_volumes" in data:
+        volumes = ", ".join(
+            name + ("" if mm is None else f" ({mm:g} mm slices)")
+            for name, mm in zip(data["thin_volumes"], data["thin_slice_mm"], strict=True)
+        )
+        source = (
+            f"pseudo pairs made from {len(data['thin_volumes'])} CT volumes ({volumes}): the thick "
+            f"slices were simulated by averaging {ratio} thin slices; it was not trained on RPLHR-CT "
+            "nor on real thick reconstructions"
+        )
+    else:
+        source = f"real thick/thin pairs from {data['root']}"
+    return f"TVSRN, x{ratio} along the slice axis, trained for {when} on {source}."
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_dir: str | Path,
+    *,
+    id: str,
+    name: str,
+    description: str = "",
+    metrics: dict | None = None,
+    hardware: str | None = None,
+    minutes: float | None = None,
+    thick_spacing_mm: float = 5.0,
+    overwrite: bool = False,
+    set_default: bool = False,
+) -> Path:
+    """Write the model files of a checkpoint into out_dir and load them back; returns the card's path."""
+    checkpoint = Path(checkpoint)
+    network, state = network_from_checkpoint(checkpoint)
+    cfg = state["config"]
+    if minutes is None:
+        minutes = training_minutes(state, checkpoint)
+    if hardware is None:
+        hardware = "; ".join(state.get("hardware", [])) or "not recorded"
+    best = state.get("best_psnr", -math.inf)
+    training = {
+        "data": describe_data(cfg),
+        "schedule": {key: cfg[key] for key in SCHEDULE_KEYS if key in cfg},
+        "steps": int(state["step"]),
+        "minutes": None if minutes is None else round(minutes, 1),
+        "hardware": hardware,
+        "checkpoint": checkpoint.name,
+        "best_validation_psnr": best if math.isfinite(best) else None,
+        "config": cfg,
+    }
+    card_path = save_model(
+        network,
+        out_dir,
+        id=id,
+        name=name,
+        trained=True,
+        description=description or default_description(cfg, int(state["step"]), minutes, hardware),
+        thick_spacing_mm=thick_spacing_mm,
+        training=training,
+        metrics=metrics or {},
+        overwrite=overwrite,
+    )
+    loaded, _ = load_model(card_path)
+    if state_digest(loaded) != state_digest(network):
+        raise RuntimeError(f"{card_path} does not load back to the checkpoint's weights")
+    if set_default:
+        marker = Path(out_dir) / DEFAULT_MARKER
+        temporary = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.partial")
+        try:
+            temporary.write_text(id + "\n", encoding="utf-8")
+            os.replace(temporary, marker)
+        finally:
+            temporary.unlink(missing_ok=True)
+    return card_path
+
+
+def read_metrics(items: list[str]) -> dict:
+    """`LABEL=summary.json` items (evaluate's summaries) -> {LABEL: summary without the model entry}."""
+    metrics = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if not sep or not label or not path:
+            raise ValueError(f"metrics {item!r} is not LABEL=PATH (e.g. test=eval/test/summary.json)")
+        summary = json.loads(Path(path).read_text(encoding="utf-8"))
+        summary.pop("model", None)
+        metrics[label] = summary
+    return metrics

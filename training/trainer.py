@@ -1,0 +1,369 @@
+"""The training loop: random crops, L1 loss, checkpoints with exact resume, DDP through torchrun.
+
+Checkpoints (`last.pt`, `best.pt`, `step_NNNNNN.pt` in the run folder) hold the model and optimizer
+state, the step, the best validation PSNR, the config (JSON) and, since they were added, the
+training seconds so far and the hardware used; they are written atomically and read with
+`weights_only=True`. Batches depend only on (seed, rank, step), so a resumed run continues exactly.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from training.config import TrainConfig
+from training.curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
+from training.data import PairSampler, PseudoPairSampler, load_thin_volumes
+from VolumetricSRLib.device import describe_device, resolve_device
+from VolumetricSRLib.network import TVSRN, l1_loss
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then constant or cosine decay to zero at cfg.steps."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if cfg.optimizer == "adam":
+        return torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def state_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every tensor of a state_dict, in key order: equal digests mean equal weights."""
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class DistributedContext:
+    """Rank and world size from torchrun's environment (a single process without it)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = device
+        self.enabled = self.world > 1
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.enabled:
+            dist.barrier()
+
+    def gather(self, value: object) -> list:
+        """Every rank's value, in rank order, on every rank."""
+        if not self.enabled:
+            return [value]
+        values: list = [None] * self.world
+        dist.all_gather_object(values, value)
+        return values
+
+    def agree(self, flag: bool) -> bool:
+        """Rank 0's decision, on every rank (so all ranks stop at the same step)."""
+        if not self.enabled:
+            return flag
+        value = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.broadcast(value, src=0)
+        return bool(value.item())
+
+    def close(self) -> None:
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Trainer:
+    """Runs or resumes one training run in cfg.run_dir."""
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        torch.set_num_threads(cfg.threads)
+        self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and "LOCAL_RANK" in os.environ:
+            self.device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+            torch.cuda.set_device(self.device)
+        self.ctx = DistributedContext(self.device)
+        self.run_dir = Path(cfg.run_dir)
+        torch.manual_seed(cfg.seed)
+        self.model = TVSRN(cfg.network).to(self.device)
+        self.optimizer = build_optimizer(cfg, self.model)
+        self.step = 0
+        self.best_psnr = -math.inf
+        self.train_seconds = 0.0
+        here = (
+            f"{self.ctx.world} x {describe_device(self.device)}"
+            if self.ctx.enabled
+            else describe_device(self.device)
+        )
+        self.hardware = [here]
+        self.autocast = cfg.amp and self.device.type == "cuda"
+        self.sampler: PairSampler | None = None
+        self.ddp: DistributedDataParallel | None = None
+        self.tensorboard = None
+
+    # checkpoints -------------------------------------------------------------------------------
+    def checkpoint_path(self, name: str = "last") -> Path:
+        return self.run_dir / f"{name}.pt"
+
+    def save(self, name: str = "last") -> None:
+        """Write a checkpoint atomically (rank 0 only); refresh the curves next to `last`."""
+        if not self.ctx.main:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        state = {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "step": self.step,
+            "best_psnr": self.best_psnr,
+            "config": json.dumps(self.cfg.to_dict()),
+            "train_seconds": self.train_seconds,
+            "hardware": list(self.hardware),
+        }
+        path = self.checkpoint_path(name)
+        tmp = path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        if name == "last":
+            self.plot()
+
+    def resume(self, path: Path | None = None) -> bool:
+        """Load the run's last checkpoint (or `path`); False when there is none."""
+        path = path or self.checkpoint_path("last")
+        if not path.exists():
+            return False
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved = json.loads(state["config"])
+        if saved["model"] != self.cfg.model:
+            raise ValueError(f"{path} was trained with model config {saved['model']}, not {self.cfg.model}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step = int(state["step"])
+        self.best_psnr = float(state["best_psnr"])
+        if "train_seconds" in state:
+            self.train_seconds = float(state["train_seconds"])
+        elif (self.run_dir / "log.csv").exists():  # checkpoints from before the clock was saved
+            rows = [r for r in read_log(self.run_dir / "log.csv") if r["step"] <= self.step]
+            self.train_seconds = logged_seconds(rows)
+        earlier = [h for h in state.get("hardware", []) if h not in self.hardware]
+        self.hardware = earlier + self.hardware
+        return True
+
+    # data --------------------------------------------------------------------------------------
+    def build_sampler(self) -> PairSampler:
+        cfg = self.cfg
+        crop = tuple(cfg.crop)
+        if cfg.rplhr_root:
+            from training.rplhr import RealPairSampler, load_split
+
+            pairs, report = load_split(
+                cfg.rplhr_root, "train", cfg.network.ratio, cfg.network.depth, cfg.rplhr_skip_invalid
+            )
+            if self.ctx.main and (report.problems or any(p.notes for p in report.pairs)):
+                print(report.text(), file=sys.stderr)
+            return RealPairSampler(pairs, crop, cfg.inplane_scales, cfg.flip, cfg.min_body_fraction)
+        if not cfg.train_volumes:
+            raise ValueError(
+                "no training data: set train_volumes (thin CT files) or rplhr_root in the config"
+            )
+        volumes = load_thin_volumes(cfg.train_volumes, cfg.inplane_scales)
+        return PseudoPairSampler(
+            volumes,
+            cfg.train_weights,
+            cfg.network.ratio,
+            crop,
+            cfg.slab,
+            cfg.noise_hu,
+            cfg.flip,
+            cfg.min_body_fraction,
+        )
+
+    # loop --------------------------------------------------------------------------------------
+    def train_step(self, thick: np.ndarray, thin: np.ndarray) -> tuple[float, float]:
+        """One optimiser step; returns (loss, loss of linear interpolation on the same batch)."""
+        cfg = self.cfg
+        x = torch.from_numpy(thick).to(self.device)
+        y = torch.from_numpy(thin).to(self.device)
+        for group in self.optimizer.param_groups:
+            group["lr"] = learning_rate(cfg, self.step)
+        self.model.train()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
+            pred = self.model_for_training(x)
+        loss = l1_loss(pred.float(), y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if cfg.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            linear = torch.einsum("td,bdhw->bthw", self.model.interp, x)
+            linear_loss = l1_loss(linear, y)
+        return loss.item(), linear_loss.item()
+
+    def model_for_training(self, x: torch.Tensor) -> torch.Tensor:
+        return self.ddp(x) if self.ddp is not None else self.model(x)
+
+    def run(self, max_steps: int | None = None, max_minutes: float | None = None) -> None:
+        """Train until cfg.steps (or max_steps more steps / max_minutes) with periodic checkpoints."""
+        from training.evaluate import has_validation_data
+
+        cfg = self.cfg
+        self.sampler = self.sampler or self.build_sampler()
+        if self.ctx.enabled and self.ddp is None:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+        validating = bool(cfg.val_every) and has_validation_data(cfg)
+        stop = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
+        started = last_save = time.monotonic()
+        clock = self.train_seconds
+        log = self._open_log()
+        self._open_tensorboard()
+        bar = tqdm(
+            total=stop,
+            initial=self.step,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.ctx.main and cfg.progress),
+        )
+        losses: list[tuple[float, float]] = []
+        while self.step < stop:
+            thick, thin = self.sampler.batch(cfg.seed, self.ctx.rank, self.step, cfg.batch)
+            losses.append(self.train_step(thick, thin))
+            self.step += 1
+            bar.update(1)
+            now = time.monotonic()
+            self.train_seconds = clock + now - started
+            if self.ctx.main and (self.step % cfg.log_every == 0 or self.step == stop):
+                mean = np.mean(losses, axis=0)
+                row = {
+                    "step": self.step,
+                    "loss": mean[0],
+                    "linear_loss": mean[1],
+                    "lr": learning_rate(cfg, self.step - 1),
+                    "seconds": self.train_seconds,
+                }
+                self._write_log(log, row)
+                bar.set_postfix(loss=f"{mean[0]:.5f}", linear=f"{mean[1]:.5f}")
+                losses.clear()
+            if validating and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
+                self.validate_and_log(log, self.train_seconds)
+            if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
+                self.save(f"step_{self.step:06d}")
+            if max_minutes is not None and self.ctx.agree(now - started > max_minutes * 60):
+                self.save("last")
+                break
+            if now - last_save > cfg.checkpoint_minutes * 60 or self.step == stop:
+                self.save("last")
+                last_save = now
+        bar.close()
+        if log is not None:
+            log.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+        self.check_replicas()
+        self.ctx.barrier()
+
+    def validate_and_log(self, log, seconds: float) -> None:
+        """Score the validation cases with the full predictor (shared out over the ranks); keep the best."""
+        from training.evaluate import mean_scores, validation_scores
+
+        shares = self.ctx.gather(validation_scores(self.model, self.cfg, (self.ctx.rank, self.ctx.world)))
+        scores = mean_scores([score for share in shares for score in share])
+        if self.ctx.main:
+            self._write_log(
+                log,
+                {
+                    "step": self.step,
+                    "seconds": seconds,
+                    "val_psnr": scores["psnr"],
+                    "val_ssim": scores["ssim"],
+                },
+            )
+        if scores["psnr"] > self.best_psnr:
+            self.best_psnr = scores["psnr"]
+            self.save("best")
+
+    def check_replicas(self) -> None:
+        """Under DDP, fail loudly unless every rank holds the same weights; optionally write digests."""
+        digest = state_digest(self.model)
+        if self.cfg.write_digests:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / f"replica_digest_rank{self.ctx.rank}.txt").write_text(digest + "\n")
+        digests = self.ctx.gather(digest)
+        if len(set(digests)) > 1:
+            raise RuntimeError(f"DDP replicas diverged at step {self.step}: weight digests {digests}")
+
+    def plot(self) -> None:
+        """Redraw training_curves.png from log.csv (rank 0; skipped without matplotlib or rows)."""
+        log = self.run_dir / "log.csv"
+        if self.cfg.plot and self.ctx.main and log.exists():
+            plot_curves(log, self.run_dir / "training_curves.png")
+
+    # logs --------------------------------------------------------------------------------------
+    def _open_log(self):
+        if not self.ctx.main:
+            return None
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / "log.csv"
+        rows = []
+        if path.exists():  # keep the rows up to the resumed step, drop those of a lost segment
+            with open(path, newline="") as old:
+                rows = [row for row in csv.DictReader(old) if int(row["step"]) <= self.step]
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, LOG_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+        return open(path, "a", newline="")
+
+    def _open_tensorboard(self) -> None:
+        if not (self.cfg.tensorboard and self.ctx.main):
+            return
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            print(
+                "TensorBoard logging is off: the tensorboard package is not installed "
+                "(pip install tensorboard); the CSV log and the PNG curves are still written",
+                file=sys.stderr,
+            )
+            return
+        self.tensorboard = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=self.step + 1)
+
+    def _write_log(self, handle, row: dict) -> None:
+        csv.writer(handle).writerow([row.get(k, "") for k in LOG_FIELDS])
+        handle.flush()
+        if self.tensorboard is not None:
+            for key in ("loss", "linear_loss", "lr", "val_psnr", "val_ssim"):
+                if key in row:
+                    self.tensorboard.add_scalar(
+                        f"train/{key}" if "val" not in key else f"val/{key[4:]}",
+                        float(row[key]),
+                        int(row["step"]),
+                    )
+            self.tensorboard.flush()
