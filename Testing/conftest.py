@@ -1,12 +1,15 @@
-"""Shared test set-up: import paths, the real-CT folder beside the checkout, CPU threads."""
+"""Shared test set-up: import paths, the real-CT folder beside the checkout, CPU threads, a tiny TVSRN
+and a wrapper that holds a network's first batch at a gate."""
 
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
@@ -15,6 +18,8 @@ sys.path.insert(0, str(REPO / "VolumetricSR"))
 sys.path.insert(0, str(REPO))
 torch.set_num_threads(2)
 
+from VolumetricSRLib.network import TVSRN, TVSRNConfig  # noqa: E402  (after the path set-up above)
+
 
 def shared_ct(relative: str) -> Path:
     """Path of a real CT under ../shared/data/ct, or skip the test with the reason."""
@@ -22,3 +27,23 @@ def shared_ct(relative: str) -> Path:
     if not path.exists():
         pytest.skip(f"real CT {relative} not found: ../shared/data is not beside this checkout")
     return path
+
+
+def tiny_tvsrn(**overrides) -> TVSRN:
+    """A TVSRN of TVSRNConfig.tiny(**overrides), its weights drawn after torch.manual_seed(0)."""
+    torch.manual_seed(0)
+    return TVSRN(TVSRNConfig.tiny(**overrides))
+
+
+class GatedModel(nn.Module):
+    """Wraps `network`; its first batch waits (at most 60 s) until `gate` is set. Counts the calls."""
+
+    def __init__(self, network: nn.Module) -> None:
+        super().__init__()
+        self.network, self.cfg, self.gate, self.calls = network, network.cfg, threading.Event(), 0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        if self.calls == 1:
+            assert self.gate.wait(timeout=60), "the test never opened the gate"
+        return self.network(x)

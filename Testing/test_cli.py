@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ import torch
 from conftest import shared_ct
 from VolumetricSRLib import weights
 from VolumetricSRLib.cli import main, parameter_parts
+from VolumetricSRLib.cli_common import progress_bar, show_progress
 from VolumetricSRLib.geometry import thin_grid
 from VolumetricSRLib.intensity import to_int16_hu
 from VolumetricSRLib.network import TVSRN, TVSRNConfig, count_parameters
@@ -24,16 +26,7 @@ from VolumetricSRLib.volume_io import read_volume, write_volume
 from VolumetricSRLib.weights import load_model, save_model
 
 # residual output: thin slice 5k stays near thick slice k, so results can be checked against the input
-TINY = TVSRNConfig(
-    channels=2,
-    encoder_layers=1,
-    fim_layers=1,
-    heads=1,
-    window=4,
-    tab_fold=2,
-    tab_window=(4, 4),
-    output="residual",
-)
+TINY = TVSRNConfig.tiny(output="residual")
 WINDOW = (-1000.0, 1000.0)  # not the default window: proves the card's window is used
 
 
@@ -354,6 +347,18 @@ def test_unknown_variant_is_an_argument_error(capsys: pytest.CaptureFixture) -> 
         main(["summary", "--variant", "huge"])
     assert exit_info.value.code == 2
     assert "invalid choice: 'huge'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the progress bar predict and demo share
+
+
+def test_progress_bar_shows_the_fraction_done_and_the_message() -> None:
+    text = io.StringIO()
+    with progress_bar(file=text) as bar:
+        show_progress(bar, 0.25, "window 1 of 4")
+        show_progress(bar, 0.5, "window 2 of 4")
+        assert bar.n == 500
+    assert "super-resolving:  50%" in text.getvalue() and "window 2 of 4" in text.getvalue()
 
 
 # ---------------------------------------------------------------- demo

@@ -25,16 +25,7 @@ from VolumetricSRLib.volume_io import VolumeFileError, read_volume
 from VolumetricSRLib.weights import ModelFileError, save_model
 
 SMALL_PHANTOM = (41, 48, 48)  # 8 thick slices of 5 mm, 36 thin slices on the output grid
-TINY = TVSRNConfig(
-    channels=2,
-    encoder_layers=1,
-    fim_layers=1,
-    heads=1,
-    window=4,
-    tab_fold=2,
-    tab_window=(4, 4),
-    output="residual",
-)
+TINY = TVSRNConfig.tiny(output="residual")
 
 
 def decode_png(data: bytes) -> tuple[dict, np.ndarray]:
@@ -268,7 +259,7 @@ def test_demo_refuses_an_input_too_short_to_score(tmp_path, no_bundled_model):
 def test_demo_refuses_a_model_with_an_even_ratio(tmp_path):
     folder = tmp_path / "models"
     folder.mkdir()
-    config = TVSRNConfig(**{**TINY.to_dict(), "ratio": 4})
+    config = TVSRNConfig.tiny(output="residual", ratio=4)
     card = save_model(TVSRN(config), folder, id="even", name="even", trained=True, thick_spacing_mm=4.0)
     with pytest.raises(GeometryError, match="even"):
         demo.run_demo(tmp_path / "demo", model=card, phantom_shape=SMALL_PHANTOM)

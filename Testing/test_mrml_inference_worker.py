@@ -19,29 +19,12 @@ import pytest
 import torch
 from torch import nn
 
-from VolumetricSRLib.network import TVSRN, TVSRNConfig
+from conftest import GatedModel, tiny_tvsrn
 from VolumetricSRLib.predictor import InputError, PredictionCancelled, PredictOptions, super_resolve_hu
 from VolumetricSRMRML.inference_worker import InferenceWorker, describe_change, next_attempt
 
-RATIO = 5
 WINDOW = (-1024.0, 2048.0)
 AFFINE = np.diag([0.8, 0.8, 5.0, 1.0])
-
-
-def tiny_tvsrn() -> TVSRN:
-    torch.manual_seed(0)
-    return TVSRN(
-        TVSRNConfig(
-            ratio=RATIO,
-            channels=2,
-            encoder_layers=1,
-            fim_layers=1,
-            window=4,
-            heads=1,
-            tab_fold=2,
-            tab_window=(4, 4),
-        )
-    )
 
 
 def ct(slices: int = 7, rows: int = 16, cols: int = 16) -> np.ndarray:
@@ -105,20 +88,6 @@ def test_worker_thread_is_not_the_calling_thread():
     run(worker)
     assert seen and seen[0] is not threading.current_thread()
     assert seen[0].name == "VolumetricSR inference" and seen[0].daemon
-
-
-class GatedModel(nn.Module):
-    """The tiny network, whose first batch waits until the caller has asked to cancel."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network, self.cfg, self.gate, self.calls = network, network.cfg, threading.Event(), 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == 1:
-            assert self.gate.wait(timeout=60), "the test never asked to cancel"
-        return self.network(x)
 
 
 def test_cancel_stops_before_the_next_batch():

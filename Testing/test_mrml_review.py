@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
-from conftest import shared_ct
+from conftest import shared_ct, tiny_tvsrn
 
 slicer = pytest.importorskip("slicer", reason="the MRML tests need the slicer-core wheel")
 import vtk  # noqa: E402  (after the skip: vtk comes with slicer-core)
 from scipy import ndimage  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
-from VolumetricSRLib.network import TVSRN, TVSRNConfig  # noqa: E402
 from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu  # noqa: E402
 from VolumetricSRMRML.review_layout import (  # noqa: E402
     REVIEW_VIEWS,
@@ -189,12 +187,7 @@ def test_render_of_a_real_ct_shows_each_volume_at_one_world_point(views, tmp_pat
     thick = write_thin_volume(scene, volume_array(full)[30:50], ijk_to_ras, name="thick chest")
     thick.GetDisplayNode().SetAutoWindowLevel(False)
     thick.GetDisplayNode().SetWindowLevel(1500.0, -600.0)
-    torch.manual_seed(0)
-    network = TVSRN(
-        TVSRNConfig(
-            channels=2, encoder_layers=1, fim_layers=1, window=4, heads=1, tab_fold=2, tab_window=(4, 4)
-        )
-    )
+    network = tiny_tvsrn()
     thin_hu, thin_affine = super_resolve_hu(
         network, volume_array(thick), ijk_to_ras, PredictOptions(device="cpu", batch=4)
     )

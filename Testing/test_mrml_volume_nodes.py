@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from types import SimpleNamespace
 
 import numpy as np
@@ -13,8 +12,9 @@ from torch import nn
 slicer = pytest.importorskip("slicer", reason="the MRML tests need the slicer-core wheel")
 import vtk  # noqa: E402  (after the skip: vtk comes with slicer-core)
 
+from conftest import GatedModel, tiny_tvsrn  # noqa: E402
 from VolumetricSRLib.geometry import GeometryError, thin_grid  # noqa: E402
-from VolumetricSRLib.network import TVSRN, TVSRNConfig, depth_interpolation_matrix  # noqa: E402
+from VolumetricSRLib.network import TVSRNConfig, depth_interpolation_matrix  # noqa: E402
 from VolumetricSRLib.predictor import PredictionCancelled, PredictOptions  # noqa: E402
 from VolumetricSRLib.weights import ModelCard  # noqa: E402
 from VolumetricSRMRML.processing import super_resolve_volume  # noqa: E402
@@ -61,22 +61,6 @@ def card_for(model_id: str = "linear-stand-in", thick_spacing_mm: float | None =
         intensity_window=[-1024.0, 2048.0],
         trained=False,
         sha256="0" * 64,
-    )
-
-
-def tiny_tvsrn() -> TVSRN:
-    torch.manual_seed(0)
-    return TVSRN(
-        TVSRNConfig(
-            ratio=RATIO,
-            channels=2,
-            encoder_layers=1,
-            fim_layers=1,
-            window=4,
-            heads=1,
-            tab_fold=2,
-            tab_window=(4, 4),
-        )
     )
 
 
@@ -342,20 +326,6 @@ def test_slices_already_thin_are_refused_and_far_spacing_is_reported(scene):
     assert result.warnings[0] in result.summary()
 
 
-class GatedModel(nn.Module):
-    """The tiny network, whose first batch waits at a gate."""
-
-    def __init__(self, network: nn.Module) -> None:
-        super().__init__()
-        self.network, self.cfg, self.gate, self.calls = network, network.cfg, threading.Event(), 0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        if self.calls == 1:
-            assert self.gate.wait(timeout=60), "the test never opened the gate"
-        return self.network(x)
-
-
 class CancelDuringFirstBatch:
     """should_cancel / idle for the polling loop: ask to cancel while the first batch runs, then let
     that batch finish (idle runs after the cancel request has reached the worker)."""
@@ -377,7 +347,7 @@ def test_cancel_leaves_the_scene_as_it_was(scene):
     existing = add_volume(scene, np.full((2, 3, 4), 7, np.int16), FLIPPED, name="previous result")
     nodes_before = scene.GetNumberOfNodes()
     for output in (None, existing):
-        model, progress = GatedModel(tiny_tvsrn()), []
+        model, progress = GatedModel(tiny_tvsrn(ratio=RATIO)), []
         canceller = CancelDuringFirstBatch(model)
         with pytest.raises(PredictionCancelled):
             super_resolve_volume(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from conftest import tiny_tvsrn
 from VolumetricSRLib.network import (
     TVSRN,
     VARIANTS,
@@ -14,14 +15,11 @@ from VolumetricSRLib.network import (
     l1_loss,
 )
 
-TINY = {
-    "channels": 2,
+# TVSRNConfig.tiny with two layers and two heads per stage, and a ViT small enough for the vit variant
+GROWN = {
     "encoder_layers": 2,
     "fim_layers": 2,
     "heads": 2,
-    "window": 4,
-    "tab_fold": 2,
-    "tab_window": (4, 4),
     "vit_dim": 16,
     "vit_layers": 1,
     "vit_heads": 2,
@@ -30,8 +28,7 @@ TINY = {
 
 
 def tiny(variant: str = "full", **overrides) -> TVSRN:
-    torch.manual_seed(0)
-    return TVSRN(TVSRNConfig(**{**TINY, "variant": variant, **overrides}))
+    return tiny_tvsrn(variant=variant, **{**GROWN, **overrides})
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -102,6 +99,16 @@ def test_bad_configs_are_refused_with_a_reason() -> None:
         TVSRNConfig.from_dict({"chanels": 8})
     with pytest.raises(ValueError, match="expected 4 input slices"):
         tiny()(torch.rand(1, 3, 8, 8))
+
+
+def test_tiny_config_is_a_small_working_network_and_takes_overrides() -> None:
+    cfg = TVSRNConfig.tiny(output="residual", ratio=3)
+    sizes = (cfg.channels, cfg.encoder_layers, cfg.fim_layers, cfg.window, cfg.heads, cfg.tab_fold)
+    assert sizes == (2, 1, 1, 4, 1, 2) and cfg.tab_window == (4, 4)
+    assert (cfg.variant, cfg.output, cfg.ratio, cfg.depth) == ("full", "residual", 3, 4)
+    assert TVSRN(cfg)(torch.rand(1, 4, 8, 8)).shape == (1, 10, 8, 8)
+    with pytest.raises(ValueError, match="divisible"):
+        TVSRNConfig.tiny(heads=3)
 
 
 def test_config_round_trips_through_a_dict() -> None:

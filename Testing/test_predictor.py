@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import shared_ct
+from conftest import shared_ct, tiny_tvsrn
 from VolumetricSRLib import geometry
 from VolumetricSRLib.device import DeviceError, describe_device, resolve_device
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
-from VolumetricSRLib.network import TVSRN, TVSRNConfig, depth_interpolation_matrix
+from VolumetricSRLib.network import depth_interpolation_matrix
 from VolumetricSRLib.predictor import (
     InputError,
     PredictionCancelled,
@@ -64,21 +64,6 @@ def linear_interpolation(volume: np.ndarray, ratio: int) -> np.ndarray:
         t = rest / ratio
         thin[z] = volume[lo] if rest == 0 else (1 - t) * volume[lo] + t * volume[lo + 1]
     return thin
-
-
-def tiny_tvsrn(ratio: int) -> TVSRN:
-    torch.manual_seed(0)
-    cfg = TVSRNConfig(
-        ratio=ratio,
-        channels=2,
-        encoder_layers=1,
-        fim_layers=1,
-        window=4,
-        heads=1,
-        tab_fold=2,
-        tab_window=(4, 4),
-    )
-    return TVSRN(cfg)
 
 
 def check_stitching(slices, rows, cols, ratio, tile, tile_overlap, depth_overlap, batch, seed):
@@ -206,7 +191,7 @@ def test_real_ct_through_hu_predictor_keeps_world_positions():
     thick_world = affine @ np.stack([np.full_like(k, 5), np.full_like(k, 7), k, np.ones_like(k)])
     thin_world = thin_affine @ np.stack([np.full_like(k, 5), np.full_like(k, 7), 3 * k, np.ones_like(k)])
     np.testing.assert_allclose(thin_world, thick_world, atol=1e-6)
-    tvsrn_thin, _ = super_resolve_hu(tiny_tvsrn(3), hu, affine, PredictOptions(CPU, batch=2))
+    tvsrn_thin, _ = super_resolve_hu(tiny_tvsrn(ratio=3), hu, affine, PredictOptions(CPU, batch=2))
     assert tvsrn_thin.shape == thin.shape
     assert HU_MIN <= tvsrn_thin.min() <= tvsrn_thin.max() <= HU_MAX
 
@@ -419,8 +404,8 @@ def test_gpu_prediction_with_amp_matches_cpu():
     assert device.type == "cuda"
     assert "GiB" in describe_device(device)
     volume = np.random.default_rng(4).random((6, 24, 24), dtype=np.float32)
-    on_cpu = super_resolve_unit(tiny_tvsrn(2), volume, PredictOptions(CPU, tile=16, tile_overlap=4))
+    on_cpu = super_resolve_unit(tiny_tvsrn(ratio=2), volume, PredictOptions(CPU, tile=16, tile_overlap=4))
     on_gpu = super_resolve_unit(
-        tiny_tvsrn(2), volume, PredictOptions("cuda", tile=16, tile_overlap=4, amp=True)
+        tiny_tvsrn(ratio=2), volume, PredictOptions("cuda", tile=16, tile_overlap=4, amp=True)
     )
     np.testing.assert_allclose(on_gpu, on_cpu, atol=2e-2)

@@ -13,10 +13,9 @@ import torch
 from conftest import REPO, shared_ct
 from training.config import TrainConfig
 from training.trainer import state_digest
-from VolumetricSRLib.network import TVSRN
+from VolumetricSRLib.network import TVSRN, TVSRNConfig
 
-TINY = {"channels": 2, "encoder_layers": 1, "fim_layers": 1, "heads": 1, "window": 4, "tab_fold": 2,
-        "tab_window": [4, 4]}  # fmt: skip
+TINY = TVSRNConfig.tiny(output="residual").to_dict()  # residual, as in TrainConfig's default model settings
 CT = "TotalSegmentator/example_ct_sm.nii.gz"
 
 

@@ -31,8 +31,7 @@ from VolumetricSRLib.predictor import PredictOptions
 from VolumetricSRLib.volume_io import write_volume
 
 RATIO = 5
-TINY = {"channels": 2, "encoder_layers": 1, "fim_layers": 1, "heads": 1, "window": 4, "tab_fold": 2,
-        "tab_window": [4, 4], "output": "residual"}  # fmt: skip
+TINY = TVSRNConfig.tiny(output="residual").to_dict()
 BIAS = 0.01  # the test model predicts linear interpolation + 0.01 on the [0, 1] scale
 CPU = PredictOptions(device="cpu")
 

@@ -17,11 +17,11 @@ from training.pseudo_pairs import make_pseudo_pair
 from training.trainer import Trainer, state_digest
 from VolumetricSRLib.cli import main as core_main
 from VolumetricSRLib.intensity import to_int16_hu
+from VolumetricSRLib.network import TVSRNConfig
 from VolumetricSRLib.volume_io import read_volume, write_volume
 from VolumetricSRLib.weights import ModelFileError, load_model
 
-TINY = {"channels": 2, "encoder_layers": 1, "fim_layers": 1, "heads": 1, "window": 4, "tab_fold": 2,
-        "tab_window": [4, 4], "output": "residual"}  # fmt: skip
+TINY = TVSRNConfig.tiny(output="residual").to_dict()
 CT = "TotalSegmentator/example_ct_sm.nii.gz"
 
 

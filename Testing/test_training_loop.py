@@ -17,8 +17,8 @@ from training.config import TrainConfig, load_config
 from training.trainer import Trainer, learning_rate, state_digest
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 
-TINY = {"channels": 2, "encoder_layers": 1, "fim_layers": 1, "heads": 1, "window": 4, "tab_fold": 2,
-        "tab_window": [4, 4]}  # fmt: skip
+TINY = TVSRNConfig.tiny().to_dict()
+TINY_RESIDUAL = {**TINY, "output": "residual"}  # residual, as in TrainConfig's default model settings
 CT = "TotalSegmentator/example_ct_sm.nii.gz"  # a training fixture; never the held-out test scans
 
 
@@ -72,7 +72,7 @@ def test_a_checkpoint_with_only_the_original_keys_still_resumes(tmp_path):
 
 def test_resume_refuses_a_different_model(tmp_path):
     Trainer(tiny_config(tmp_path)).run(max_steps=1)
-    other = Trainer(tiny_config(tmp_path, model={**TINY, "output": "residual"}))
+    other = Trainer(tiny_config(tmp_path, model=TINY_RESIDUAL))
     with pytest.raises(ValueError, match="trained with model config"):
         other.resume()
 
@@ -98,7 +98,7 @@ def test_validation_keeps_the_best_checkpoint_and_writes_curves(tmp_path):
 def test_missing_tensorboard_is_a_message_not_a_crash(tmp_path):
     argv = ["train", "--max-steps", "2", "--set", f"run_dir={tmp_path}"]
     settings = {"train_volumes": [str(shared_ct(CT))], "crop": [4, 16, 16], "device": "cpu", "threads": 1,
-                "progress": False, **{f"model.{key}": value for key, value in TINY.items()}}  # fmt: skip
+                "progress": False, **{f"model.{k}": v for k, v in TINY_RESIDUAL.items()}}  # fmt: skip
     for key, value in settings.items():
         argv += ["--set", f"{key}={value!r}"]
     code = (

@@ -20,11 +20,11 @@ from training.rplhr import (
     load_split,
 )
 from training.trainer import Trainer
+from VolumetricSRLib.network import TVSRNConfig
 from VolumetricSRLib.volume_io import read_volume, write_volume
 
 RATIO = 5
-TINY = {"channels": 2, "encoder_layers": 1, "fim_layers": 1, "heads": 1, "window": 4, "tab_fold": 2,
-        "tab_window": [4, 4]}  # fmt: skip
+TINY = TVSRNConfig.tiny().to_dict()
 
 
 def write_pair(root: Path, split: str, case: str, thin, thin_affine, thick, thick_affine) -> None:

@@ -28,9 +28,7 @@ from VolumetricSRLib.weights import (
     save_model,
 )
 
-TINY = TVSRNConfig(
-    channels=2, encoder_layers=1, fim_layers=1, heads=1, window=4, tab_fold=2, tab_window=(4, 4)
-)
+TINY = TVSRNConfig.tiny()
 REPO = Path(__file__).resolve().parents[1]
 
 

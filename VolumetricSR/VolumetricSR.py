@@ -616,16 +616,7 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
         thick.CreateDefaultDisplayNodes()
         thick.GetDisplayNode().SetAutoWindowLevel(False)
         thick.GetDisplayNode().SetWindowLevel(400.0, 40.0)
-        config = TVSRNConfig(
-            ratio=5,
-            channels=2,
-            encoder_layers=1,
-            fim_layers=1,
-            window=4,
-            heads=1,
-            tab_fold=2,
-            tab_window=(4, 4),
-        )
+        config = TVSRNConfig.tiny(ratio=5)
 
         self.delayDisplay("Super-resolving")
         with tempfile.TemporaryDirectory() as folder:

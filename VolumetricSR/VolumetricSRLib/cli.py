@@ -6,13 +6,14 @@ import argparse
 import sys
 import time
 import warnings
+from functools import partial
 from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from . import demo
+from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .device import DeviceError, describe_device, resolve_device
 from .geometry import GeometryError, voxel_spacing
 from .intensity import to_int16_hu
@@ -55,13 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("input", type=Path, help="thick CT volume (.nii, .nii.gz or .nrrd)")
     predict.add_argument("output", type=Path, help="thin CT to write (.nii, .nii.gz or .nrrd)")
-    predict.add_argument(
-        "--model",
-        help="model file (.safetensors or .json) or id of a bundled model (default: the bundled one)",
-    )
-    predict.add_argument(
-        "--device", default="auto", help="auto (GPU when usable), cuda or cpu (default: auto)"
-    )
+    add_model_and_device_arguments(predict)
     predict.add_argument(
         "--tile", type=int, help="in-plane tile size in pixels, to save memory (default: whole slices)"
     )
@@ -156,20 +151,14 @@ def run_predict(args: argparse.Namespace) -> int:
         amp=args.amp,
     )
     start = time.perf_counter()
-    bar_format = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"
     # disable=None: the bar shows on a terminal only, not in logs of batch runs
-    with tqdm(total=1000, desc="super-resolving", bar_format=bar_format, disable=None) as bar:
-
-        def report(fraction: float, message: str) -> None:
-            bar.update(round(fraction * 1000) - bar.n)
-            bar.set_postfix_str(message)
-
+    with progress_bar(disable=None) as bar:
         thin, affine = super_resolve_hu(
             model,
             volume.array,
             volume.affine,
             options,
-            progress=report,
+            progress=partial(show_progress, bar),
             window=card.window,
             trained_spacing_mm=card.thick_spacing_mm,
         )

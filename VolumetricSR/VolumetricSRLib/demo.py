@@ -19,6 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from . import phantom
+from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .device import describe_device, resolve_device
 from .geometry import GeometryError, thin_grid, voxel_spacing
 from .intensity import to_int16_hu
@@ -45,7 +46,6 @@ VOLUME_FILES = {
     "prediction": "predicted.nii.gz",
 }
 REVIEW_FILE = "review.png"
-_BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {postfix}"
 NO_MODEL_MESSAGE = (
     "no trained model is bundled yet, so the demo shows the baselines only (cubic and linear "
     "interpolation); train one with `volumetricsr-train` and pass it with --model"
@@ -76,13 +76,7 @@ def add_demo_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_OUTPUT_DIR,
         help=f"folder for the result files (default: {DEFAULT_OUTPUT_DIR})",
     )
-    parser.add_argument(
-        "--model",
-        help="model file (.safetensors or .json) or id of a bundled model (default: the bundled one)",
-    )
-    parser.add_argument(
-        "--device", default="auto", help="auto (GPU when usable), cuda or cpu (default: auto)"
-    )
+    add_model_and_device_arguments(parser)
     parser.add_argument(
         "--tile",
         type=int,
@@ -103,9 +97,8 @@ def run_demo_command(args: argparse.Namespace) -> int:
     def report(fraction: float, message: str) -> None:
         nonlocal bar
         if bar is None:
-            bar = tqdm(total=1000, desc="super-resolving", bar_format=_BAR_FORMAT)
-        bar.update(round(fraction * 1000) - bar.n)
-        bar.set_postfix_str(message)
+            bar = progress_bar()
+        show_progress(bar, fraction, message)
 
     try:
         result = run_demo(

@@ -94,6 +94,20 @@ class TVSRNConfig:
         base.update(overrides)
         return cls(**base)
 
+    @classmethod
+    def tiny(cls, **overrides) -> TVSRNConfig:
+        """Smallest working configuration, for self-tests and fast tests."""
+        base: dict = {
+            "channels": 2,
+            "encoder_layers": 1,
+            "fim_layers": 1,
+            "window": 4,
+            "heads": 1,
+            "tab_fold": 2,
+            "tab_window": (4, 4),
+        }
+        return cls(**{**base, **overrides})
+
 
 # Cached tensors are built outside inference mode: one first built under the predictor's
 # inference_mode would be an inference tensor, unusable by a later training step.
