@@ -37,9 +37,11 @@ def run(tmp_path):
     return tmp_path / "run", state_digest(trainer.model)
 
 
-def summary_file(tmp_path):
+def summary_file(tmp_path, digest: str):
+    """An evaluation summary as `evaluate` writes it, for the weights with this digest."""
     methods = {"model": {"psnr_mean": 30.0}, "cubic": {"psnr_mean": 28.5}, "linear": {"psnr_mean": 28.0}}
-    summary = {"n": 1, "model": {"checkpoint": "last.pt"}, "cases": ["pulmonary"], "methods": methods}
+    model = {"label": "TVSRN (last.pt, step 3)", "checkpoint": "last.pt", "weights_digest": digest}
+    summary = {"n": 1, "model": model, "cases": ["pulmonary"], "methods": methods}
     path = tmp_path / "summary.json"
     path.write_text(json.dumps(summary))
     return path
@@ -49,7 +51,7 @@ def test_export_round_trip_through_the_core_loader(run, tmp_path):
     run_dir, digest = run
     models = tmp_path / "Models"
     models.mkdir()
-    metrics = read_metrics([f"test={summary_file(tmp_path)}"])
+    metrics = read_metrics([f"test={summary_file(tmp_path, digest)}"])
     card_path = export_checkpoint(
         run_dir / "last.pt", models, id="tvsrn-test", name="TVSRN test", metrics=metrics, set_default=True
     )
@@ -72,8 +74,8 @@ def test_export_round_trip_through_the_core_loader(run, tmp_path):
         "not trained on RPLHR-CT" in card.description
         and "example_ct_sm.nii.gz (3 mm slices)" in card.description
     )
-    written = json.loads(summary_file(tmp_path).read_text())
-    assert card.metrics == {"test": {key: value for key, value in written.items() if key != "model"}}
+    written = json.loads(summary_file(tmp_path, digest).read_text())
+    assert card.metrics == {"test": written} and card.metrics["test"]["model"]["weights_digest"] == digest
     assert (models / "default.txt").read_text() == "tvsrn-test\n"
     # the checkpoint and the exported file are the same model to the evaluator
     from_checkpoint = load_for_evaluation(run_dir / "last.pt").network
@@ -132,3 +134,38 @@ def test_the_core_command_line_runs_an_exported_model(run, tmp_path, capsys):
     thin = read_volume(tmp_path / "thin.nii.gz")
     assert thin.array.shape == (26, 101, 122)
     assert np.allclose(thin.affine, pair.truth_affine)
+
+
+def test_export_refuses_metrics_of_other_weights(run, tmp_path):
+    run_dir, _ = run
+    models = tmp_path / "Models"
+    models.mkdir()
+    other = read_metrics([f"test={summary_file(tmp_path, 'f' * 64)}"])
+    with pytest.raises(ValueError, match="test metrics were computed for other weights"):
+        export_checkpoint(run_dir / "last.pt", models, id="tvsrn-test", name="x", metrics=other)
+    assert list(models.iterdir()) == []
+
+
+def test_metrics_from_evaluate_carry_the_weights_digest(run, tmp_path):
+    run_dir, digest = run
+    model = load_for_evaluation(run_dir / "last.pt")
+    assert model.info["weights_digest"] == digest and model.info["step"] == 3
+
+
+def test_a_continued_run_is_exported_with_every_phase(run, tmp_path):
+    run_dir, _ = run
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "second"), model=TINY, train_volumes=[str(shared_ct(CT))], crop=[4, 16, 16],
+        steps=2, lr=1e-4, log_every=1, device="cpu", threads=1, progress=False, tensorboard=False,
+        plot=False, init_from=str(run_dir / "last.pt"),
+    )  # fmt: skip
+    second = Trainer(cfg)
+    assert second.start_from(cfg.init_from) == 3
+    second.run()
+    card = load_model(export_checkpoint(tmp_path / "second" / "last.pt", tmp_path, id="two", name="two"))[1]
+    phases = card.training["phases"]
+    assert [phase["steps"] for phase in phases] == [3, 2] and card.training["steps"] == 5
+    assert phases[0]["checkpoint"] == str(run_dir / "last.pt") and phases[0]["schedule"]["lr"] == 1e-3
+    assert phases[1]["schedule"]["lr"] == 1e-4
+    assert card.training["minutes"] >= phases[0]["minutes"]
+    assert "5 steps" in card.description and "in 2 phases" in card.description

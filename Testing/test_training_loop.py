@@ -44,18 +44,45 @@ def test_a_few_steps_lower_the_loss_on_a_real_ct_crop(tmp_path):
     assert np.mean(values[-5:]) < 0.5 * np.mean(values[:5])
 
 
-def test_resume_continues_exactly(tmp_path):
-    whole = Trainer(tiny_config(tmp_path / "whole"))
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_resume_continues_exactly(tmp_path, log_every):
+    whole = Trainer(tiny_config(tmp_path / "whole", log_every=log_every))
     whole.run()
-    first = Trainer(tiny_config(tmp_path / "split"))
-    first.run(max_steps=3)
-    assert first.step == 3
-    second = Trainer(tiny_config(tmp_path / "split"))
-    assert second.resume() and second.step == 3
+    first = Trainer(tiny_config(tmp_path / "split", log_every=log_every))
+    first.run(max_steps=4)  # with log_every 3, step 4 is not logged yet: the checkpoint carries it
+    assert first.step == 4
+    second = Trainer(tiny_config(tmp_path / "split", log_every=log_every))
+    assert second.resume() and second.step == 4
     second.run()
     assert losses(tmp_path / "split") == losses(tmp_path / "whole")
-    assert len(losses(tmp_path / "whole")) == 8
+    assert [int(step) for step, _ in losses(tmp_path / "whole")] == (
+        list(range(1, 9)) if log_every == 1 else [3, 6, 8]
+    )
     assert state_digest(second.model) == state_digest(whole.model)
+
+
+def test_resume_refuses_other_learning_settings_but_takes_new_bookkeeping(tmp_path):
+    Trainer(tiny_config(tmp_path)).run(max_steps=2)
+    changed = Trainer(tiny_config(tmp_path, lr=1e-4, steps=20))
+    with pytest.raises(ValueError, match=r"lr: 0.003 -> 0.0001; steps: 8 -> 20.*init_from"):
+        changed.resume()
+    reporting = Trainer(tiny_config(tmp_path, log_every=4, snapshot_every=2, tensorboard=False))
+    assert reporting.resume() and reporting.step == 2
+
+
+def test_a_new_run_starts_from_another_runs_weights(tmp_path):
+    first = Trainer(tiny_config(tmp_path / "first"))
+    first.run(max_steps=3)
+    cfg = tiny_config(tmp_path / "second", lr=1e-4, init_from=str(tmp_path / "first" / "last.pt"))
+    second = Trainer(cfg)
+    assert not second.resume() and second.start_from(cfg.init_from) == 3
+    assert second.step == 0 and state_digest(second.model) == state_digest(first.model)
+    assert second.lineage[0]["steps"] == 3 and second.lineage[0]["schedule"]["lr"] == 3e-3
+    other = Trainer(tiny_config(tmp_path / "third", model=TINY_RESIDUAL))
+    with pytest.raises(ValueError, match="trained with model config"):
+        other.start_from(cfg.init_from)
+    with pytest.raises(FileNotFoundError, match="init_from checkpoint not found"):
+        other.start_from(tmp_path / "missing.pt")
 
 
 def test_a_checkpoint_with_only_the_original_keys_still_resumes(tmp_path):

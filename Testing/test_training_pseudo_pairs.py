@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_ct
-from training.data import PseudoPairSampler, ThinVolume
+from training.data import PseudoPairSampler, ThinVolume, downsample_inplane
 from training.pseudo_pairs import make_pseudo_pair, simulate_thick_slices, slab_profile
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import hu_to_unit
@@ -118,3 +118,12 @@ def test_sampler_refuses_a_volume_smaller_than_a_crop():
     volume = [ThinVolume("small", ramp_volume(slices=12), 1)]
     with pytest.raises(ValueError, match="smaller than one crop"):
         PseudoPairSampler([volume], [], RATIO, (4, 8, 8))
+
+
+def test_sampler_checks_every_in_plane_scale_whatever_their_order():
+    full = ramp_volume(slices=30)
+    half = downsample_inplane(full, 2)
+    volume = [ThinVolume("ct", half, 2), ThinVolume("ct", full, 1)]  # smallest copy listed first
+    crop = (4, half.shape[1] + 1, half.shape[2] + 1)
+    with pytest.raises(ValueError, match=r"ct \(in-plane scale 1/2\).*smaller than one crop"):
+        PseudoPairSampler([volume], [], RATIO, crop)

@@ -22,8 +22,13 @@ def _train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     trainer = Trainer(cfg)
-    if trainer.resume() and trainer.ctx.main:
-        print(f"resumed {cfg.run_dir} at step {trainer.step}")
+    if trainer.resume():
+        if trainer.ctx.main:
+            print(f"resumed {cfg.run_dir} at step {trainer.step}")
+    elif cfg.init_from:
+        step = trainer.start_from(cfg.init_from)
+        if trainer.ctx.main:
+            print(f"started {cfg.run_dir} from the weights of {cfg.init_from} (step {step})")
     trainer.run(max_steps=args.max_steps, max_minutes=args.max_minutes)
     if trainer.ctx.main:
         print(f"stopped at step {trainer.step} of {cfg.steps}; checkpoints in {cfg.run_dir}")

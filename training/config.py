@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -22,6 +23,8 @@ class TrainConfig:
     val_volumes: list = field(default_factory=list)
     rplhr_root: str = ""
     rplhr_skip_invalid: bool = False
+    # a checkpoint whose weights a new run starts from (fresh optimizer and schedule); "" = from scratch
+    init_from: str = ""
     slab: str = "box"
     noise_hu: float = 0.0
     crop: list = field(default_factory=lambda: [4, 64, 64])
@@ -78,6 +81,52 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The optimisation settings a model card reports.
+SCHEDULE_KEYS = (
+    "optimizer",
+    "lr",
+    "weight_decay",
+    "warmup",
+    "schedule",
+    "steps",
+    "grad_clip",
+    "batch",
+    "crop",
+    "inplane_scales",
+    "flip",
+    "min_body_fraction",
+    "amp",
+    "seed",
+)
+# Settings a resumed run may change: where it runs and how often it reports, never what it learns.
+BOOKKEEPING_KEYS = frozenset(
+    {
+        "log_every",
+        "val_every",
+        "val_volumes",
+        "val_tile",
+        "snapshot_every",
+        "checkpoint_minutes",
+        "device",
+        "threads",
+        "tensorboard",
+        "plot",
+        "progress",
+        "write_digests",
+    }
+)
+
+
+def learning_differences(saved: dict, current: dict) -> list[str]:
+    """`key: saved -> current` for each setting outside BOOKKEEPING_KEYS that differs."""
+    current = json.loads(json.dumps(current))  # the form a checkpoint stores (lists, not tuples)
+    return [
+        f"{key}: {saved[key]!r} -> {current[key]!r}"
+        for key in sorted(current)
+        if key not in BOOKKEEPING_KEYS and key in saved and saved[key] != current[key]
+    ]
 
 
 def _parse_value(text: str) -> object:

@@ -109,12 +109,12 @@ class PseudoPairSampler(PairSampler):
         self.min_body = min_body_fraction
         self.offset = first_matching_thin_slice(ratio)
         span = self.depth * ratio
-        for group in volumes:
-            vol = group[-1].unit
-            if vol.shape[0] < span or vol.shape[1] < self.height or vol.shape[2] < self.width:
+        for volume in (scaled for group in volumes for scaled in group):
+            shape = volume.unit.shape
+            if shape[0] < span or shape[1] < self.height or shape[2] < self.width:
                 raise ValueError(
-                    f"{group[0].name}: {vol.shape} voxels is smaller than one crop "
-                    f"({span} thin slices x {self.height} x {self.width}); use a smaller crop"
+                    f"{volume.name} (in-plane scale 1/{volume.scale}): {shape} voxels is smaller than one "
+                    f"crop ({span} thin slices x {self.height} x {self.width}); use a smaller crop"
                 )
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:

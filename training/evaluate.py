@@ -29,6 +29,7 @@ from training.config import TrainConfig
 from training.export import network_from_checkpoint
 from training.pseudo_pairs import make_pseudo_pair
 from training.rplhr import DatasetError, check_split, load_pair
+from training.trainer import state_digest
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from VolumetricSRLib.interpolation import interpolate_slices
@@ -151,12 +152,13 @@ def load_for_evaluation(path: str | Path, device: str = "cpu") -> LoadedModel:
     path = Path(path)
     if path.suffix == ".pt":
         network, state = network_from_checkpoint(path)
-        info = {"checkpoint": str(path), "step": int(state["step"])}
+        info = {"checkpoint": str(path), "step": int(state["step"]), "weights_digest": state_digest(network)}
         return LoadedModel(
             network.to(device).eval(), f"TVSRN ({path.name}, step {info['step']})", (HU_MIN, HU_MAX), info
         )
     network, card = load_model(path, device=device)
-    return LoadedModel(network, f"TVSRN ({card.id})", card.window, {"id": card.id, "sha256": card.sha256})
+    info = {"id": card.id, "sha256": card.sha256, "weights_digest": state_digest(network)}
+    return LoadedModel(network, f"TVSRN ({card.id})", card.window, info)
 
 
 # scoring ---------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from training.config import SCHEDULE_KEYS
 from training.curves import logged_seconds, read_log
 from training.rplhr import case_name, read_geometry
 from training.trainer import state_digest
@@ -22,23 +23,6 @@ from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 from VolumetricSRLib.volume_io import read_volume
 from VolumetricSRLib.weights import DEFAULT_MARKER, load_model, save_model
-
-SCHEDULE_KEYS = (
-    "optimizer",
-    "lr",
-    "weight_decay",
-    "warmup",
-    "schedule",
-    "steps",
-    "grad_clip",
-    "batch",
-    "crop",
-    "inplane_scales",
-    "flip",
-    "min_body_fraction",
-    "amp",
-    "seed",
-)
 
 
 def read_checkpoint(path: str | Path) -> dict:
@@ -109,10 +93,12 @@ def describe_data(cfg: dict) -> dict:
     }
 
 
-def default_description(cfg: dict, steps: int, minutes: float | None, hardware: str) -> str:
+def default_description(cfg: dict, steps: int, minutes: float | None, hardware: str, phases: int = 1) -> str:
     data = describe_data(cfg)
     ratio = TVSRNConfig.from_dict(cfg["model"]).ratio
     when = f"{steps} steps" + (f" ({minutes:.1f} minutes on {hardware})" if minutes is not None else "")
+    if phases > 1:
+        when += f" in {phases} phases (each run continuing from the previous run's weights)"
     if "thin_volumes" in data:
         volumes = ", ".join(
             name + ("" if mm is None else f" ({mm:g} mm slices)")
@@ -150,24 +136,35 @@ def export_checkpoint(
         minutes = training_minutes(state, checkpoint)
     if hardware is None:
         hardware = "; ".join(state.get("hardware", [])) or "not recorded"
+    check_metrics_belong_to(network, metrics or {}, checkpoint)
     best = state.get("best_psnr", -math.inf)
+    schedule = {key: cfg[key] for key in SCHEDULE_KEYS if key in cfg}
+    lineage = json.loads(state.get("lineage", "[]"))
+    steps = int(state["step"]) + sum(phase["steps"] for phase in lineage)
+    if minutes is not None:
+        minutes += sum(phase["minutes"] for phase in lineage)
     training = {
         "data": describe_data(cfg),
-        "schedule": {key: cfg[key] for key in SCHEDULE_KEYS if key in cfg},
-        "steps": int(state["step"]),
+        "schedule": schedule,
+        "steps": steps,
         "minutes": None if minutes is None else round(minutes, 1),
         "hardware": hardware,
         "checkpoint": checkpoint.name,
         "best_validation_psnr": best if math.isfinite(best) else None,
         "config": cfg,
     }
+    if lineage:  # a run continued from earlier runs' weights: each phase, oldest first
+        training["phases"] = [
+            *lineage,
+            {"checkpoint": checkpoint.name, "steps": int(state["step"]), "schedule": schedule},
+        ]
     card_path = save_model(
         network,
         out_dir,
         id=id,
         name=name,
         trained=True,
-        description=description or default_description(cfg, int(state["step"]), minutes, hardware),
+        description=description or default_description(cfg, steps, minutes, hardware, len(lineage) + 1),
         thick_spacing_mm=thick_spacing_mm,
         training=training,
         metrics=metrics or {},
@@ -187,14 +184,25 @@ def export_checkpoint(
     return card_path
 
 
+def check_metrics_belong_to(network: TVSRN, metrics: dict, checkpoint: Path) -> None:
+    """Refuse evaluation summaries that were computed for other weights than the network's."""
+    digest = state_digest(network)
+    for label, summary in metrics.items():
+        evaluated = summary.get("model", {})
+        if evaluated.get("weights_digest") != digest:
+            raise ValueError(
+                f"the {label} metrics were computed for other weights "
+                f"({evaluated.get('label', 'no model recorded')}), not for {checkpoint}: evaluate this "
+                f"checkpoint with `volumetricsr-train evaluate --model {checkpoint}` and pass that summary"
+            )
+
+
 def read_metrics(items: list[str]) -> dict:
-    """`LABEL=summary.json` items (evaluate's summaries) -> {LABEL: summary without the model entry}."""
+    """`LABEL=summary.json` items (evaluate's summaries) -> {LABEL: summary}."""
     metrics = {}
     for item in items:
         label, sep, path = item.partition("=")
         if not sep or not label or not path:
             raise ValueError(f"metrics {item!r} is not LABEL=PATH (e.g. test=eval/test/summary.json)")
-        summary = json.loads(Path(path).read_text(encoding="utf-8"))
-        summary.pop("model", None)
-        metrics[label] = summary
+        metrics[label] = json.loads(Path(path).read_text(encoding="utf-8"))
     return metrics

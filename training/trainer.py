@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.config import TrainConfig
+from training.config import SCHEDULE_KEYS, TrainConfig, learning_differences
 from training.curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
 from training.data import PairSampler, PseudoPairSampler, load_thin_volumes
 from VolumetricSRLib.device import describe_device, resolve_device
@@ -119,6 +119,10 @@ class Trainer:
             else describe_device(self.device)
         )
         self.hardware = [here]
+        # earlier runs whose weights this one continues (init_from), oldest first
+        self.lineage: list[dict] = []
+        # (loss, linear loss) of the steps since the last log row: kept in checkpoints for exact logs
+        self.unlogged: list[tuple[float, float]] = []
         self.autocast = cfg.amp and self.device.type == "cuda"
         self.sampler: PairSampler | None = None
         self.ddp: DistributedDataParallel | None = None
@@ -141,6 +145,8 @@ class Trainer:
             "config": json.dumps(self.cfg.to_dict()),
             "train_seconds": self.train_seconds,
             "hardware": list(self.hardware),
+            "lineage": json.dumps(self.lineage),
+            "unlogged_losses": torch.tensor(self.unlogged, dtype=torch.float64).reshape(-1, 2),
         }
         path = self.checkpoint_path(name)
         tmp = path.with_suffix(".tmp")
@@ -156,8 +162,14 @@ class Trainer:
             return False
         state = torch.load(path, map_location=self.device, weights_only=True)
         saved = json.loads(state["config"])
-        if saved["model"] != self.cfg.model:
-            raise ValueError(f"{path} was trained with model config {saved['model']}, not {self.cfg.model}")
+        self._check_model(saved, path)
+        changed = learning_differences(saved, self.cfg.to_dict())
+        if changed:
+            raise ValueError(
+                f"{path} was trained with other settings ({'; '.join(changed)}): resume it with the "
+                "settings it started with, or continue from its weights under the new settings in a new "
+                f'run (another run_dir, with init_from = "{path}")'
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.step = int(state["step"])
@@ -169,7 +181,36 @@ class Trainer:
             self.train_seconds = logged_seconds(rows)
         earlier = [h for h in state.get("hardware", []) if h not in self.hardware]
         self.hardware = earlier + self.hardware
+        self.lineage = json.loads(state.get("lineage", "[]"))
+        if "unlogged_losses" in state:
+            self.unlogged = [tuple(pair) for pair in state["unlogged_losses"].tolist()]
         return True
+
+    def start_from(self, path: str | Path) -> int:
+        """Begin this run with another run's weights (fresh optimizer and schedule); returns its step.
+
+        That run (and any it continued) is recorded in the lineage, which the model card reports.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"init_from checkpoint not found: {path}")
+        state = torch.load(path, map_location=self.device, weights_only=True)
+        saved = json.loads(state["config"])
+        self._check_model(saved, path)
+        self.model.load_state_dict(state["model"])
+        this_run = {
+            "checkpoint": str(path),
+            "steps": int(state["step"]),
+            "minutes": round(float(state.get("train_seconds", 0.0)) / 60, 1),
+            "hardware": list(state.get("hardware", [])),
+            "schedule": {key: saved[key] for key in SCHEDULE_KEYS if key in saved},
+        }
+        self.lineage = [*json.loads(state.get("lineage", "[]")), this_run]
+        return int(state["step"])
+
+    def _check_model(self, saved: dict, path: Path) -> None:
+        if saved["model"] != self.cfg.model:
+            raise ValueError(f"{path} was trained with model config {saved['model']}, not {self.cfg.model}")
 
     # data --------------------------------------------------------------------------------------
     def build_sampler(self) -> PairSampler:
@@ -248,26 +289,17 @@ class Trainer:
             dynamic_ncols=True,
             disable=not (self.ctx.main and cfg.progress),
         )
-        losses: list[tuple[float, float]] = []
         while self.step < stop:
             thick, thin = self.sampler.batch(cfg.seed, self.ctx.rank, self.step, cfg.batch)
-            losses.append(self.train_step(thick, thin))
+            self.unlogged.append(self.train_step(thick, thin))
             self.step += 1
             bar.update(1)
             now = time.monotonic()
             self.train_seconds = clock + now - started
-            if self.ctx.main and (self.step % cfg.log_every == 0 or self.step == stop):
-                mean = np.mean(losses, axis=0)
-                row = {
-                    "step": self.step,
-                    "loss": mean[0],
-                    "linear_loss": mean[1],
-                    "lr": learning_rate(cfg, self.step - 1),
-                    "seconds": self.train_seconds,
-                }
-                self._write_log(log, row)
-                bar.set_postfix(loss=f"{mean[0]:.5f}", linear=f"{mean[1]:.5f}")
-                losses.clear()
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.ctx.main:
+                    self._log_losses(log, bar)
+                self.unlogged.clear()
             if validating and (self.step % cfg.val_every == 0 or self.step == cfg.steps):
                 self.validate_and_log(log, self.train_seconds)
             if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
@@ -286,6 +318,19 @@ class Trainer:
             self.tensorboard = None
         self.check_replicas()
         self.ctx.barrier()
+
+    def _log_losses(self, log, bar: tqdm) -> None:
+        """One log row: the mean losses of the steps since the previous row."""
+        mean = np.mean(self.unlogged, axis=0)
+        row = {
+            "step": self.step,
+            "loss": mean[0],
+            "linear_loss": mean[1],
+            "lr": learning_rate(self.cfg, self.step - 1),
+            "seconds": self.train_seconds,
+        }
+        self._write_log(log, row)
+        bar.set_postfix(loss=f"{mean[0]:.5f}", linear=f"{mean[1]:.5f}")
 
     def validate_and_log(self, log, seconds: float) -> None:
         """Score the validation cases with the full predictor (shared out over the ranks); keep the best."""
