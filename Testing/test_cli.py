@@ -387,6 +387,24 @@ def test_demo_subcommand_is_wired_to_the_demo_module(
     assert not out.exists()
 
 
+def test_demo_subcommand_runs_end_to_end_with_a_model(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "demo"
+    code, printed, err = cli(
+        capsys, "demo", "--output-dir", out, "--model", models / "tiny.json", "--device", "cpu"
+    )
+    assert code == 0, err
+    assert "20 simulated thick slices of 5 mm" in printed and "TVSRN (tiny)" in printed
+    assert "cubic B-spline" in printed and "prediction took" in printed
+    files = ["thick.nii.gz", "truth.nii.gz", "cubic.nii.gz", "predicted.nii.gz", "review.png"]
+    assert sorted(path.name for path in out.iterdir()) == sorted(files)
+    predicted, thick = read_volume(out / "predicted.nii.gz"), read_volume(out / "thick.nii.gz")
+    grid = thin_grid(thick.affine, thick.array.shape[0], 5)
+    assert predicted.array.shape == (grid.slices, *thick.array.shape[1:])
+    np.testing.assert_allclose(predicted.affine, grid.affine, atol=1e-3)
+
+
 # ---------------------------------------------------------------- the installed console script
 
 

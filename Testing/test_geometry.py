@@ -15,7 +15,6 @@ from VolumetricSRLib.geometry import (
     SpacingWarning,
     check_slice_spacing,
     thin_grid,
-    uniform_slice_spacing,
     validate_affine,
     voxel_spacing,
 )
@@ -106,26 +105,6 @@ def test_unusable_affines_are_refused(affine, fragment):
 def test_bad_ratios_are_refused(ratio):
     with pytest.raises(GeometryError, match="ratio must be a positive integer"):
         thin_grid(np.eye(4), 10, ratio)
-
-
-def test_uniform_slice_spacing_measures_oblique_stacks():
-    normal = np.array([0.0, 0.6, 0.8])
-    positions = np.array([10.0, -5.0, 3.0]) + np.arange(6)[:, None] * 2.5 * normal
-    assert uniform_slice_spacing(positions) == pytest.approx(2.5)
-
-
-@pytest.mark.parametrize(
-    ("positions", "fragment"),
-    [
-        ([[0, 0, 0], [0, 0, 5], [0, 0, 10], [0, 0, 16]], "not uniform"),
-        ([[0, 0, 0], [0, 0, 5], [0, 0, 5]], "share one position"),
-        ([[0, 0, 0]], "at least two slice positions"),
-        ([0, 5, 10], "at least two slice positions"),
-    ],
-)
-def test_uniform_slice_spacing_refuses_bad_stacks(positions, fragment):
-    with pytest.raises(GeometryError, match=fragment):
-        uniform_slice_spacing(np.asarray(positions, dtype=float))
 
 
 @pytest.mark.parametrize("spacing", [5.0, 3.0, 10.0, 2.5])

@@ -64,22 +64,6 @@ def voxel_spacing(affine: np.ndarray) -> np.ndarray:
     return np.linalg.norm(np.asarray(affine, dtype=np.float64)[:3, :3], axis=0)
 
 
-def uniform_slice_spacing(slice_positions: np.ndarray, tolerance: float = 0.01) -> float:
-    """Spacing of slices given their world positions (K, 3); refuses non-uniform spacing."""
-    positions = np.asarray(slice_positions, dtype=np.float64)
-    if positions.ndim != 2 or positions.shape[0] < 2:
-        raise GeometryError("at least two slice positions are needed to find the slice spacing")
-    gaps = np.linalg.norm(np.diff(positions, axis=0), axis=1)
-    if np.any(gaps <= 1e-6):
-        raise GeometryError("two slices share one position: the slice spacing is missing")
-    if gaps.max() - gaps.min() > tolerance * gaps.mean():
-        raise GeometryError(
-            f"the slice spacing is not uniform ({gaps.min():.3g} to {gaps.max():.3g} mm); "
-            "resample the series to uniform spacing first"
-        )
-    return float(gaps.mean())
-
-
 def check_slice_spacing(spacing_mm: float, trained_mm: float | None, ratio: int) -> None:
     """Warn when the input spacing is far from the model's; refuse when it makes no sense.
 

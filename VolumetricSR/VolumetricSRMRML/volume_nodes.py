@@ -67,8 +67,9 @@ def parent_transform_kind(node: slicer.vtkMRMLTransformableNode) -> str:
     if not transform.IsTransformToWorldLinear():
         raise TransformError(
             f"{node.GetName()} is under the non-linear transform {transform.GetName()}; the thin slices "
-            "could not follow it. Harden the transform first (Data module: right-click the volume, "
-            "'Harden transform'), then apply again"
+            "could not follow it. (Slicer adds such a transform to a DICOM series with uneven slice "
+            "spacing or gantry tilt.) Harden the transform first (Data module: right-click the volume, "
+            "'Harden transform'), which resamples the volume onto a regular grid, then apply again"
         )
     return "linear"
 
