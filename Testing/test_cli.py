@@ -359,6 +359,7 @@ def test_progress_bar_shows_the_fraction_done_and_the_message() -> None:
         show_progress(bar, 0.5, "window 2 of 4")
         assert bar.n == 500
     assert "super-resolving:  50%" in text.getvalue() and "window 2 of 4" in text.getvalue()
+    assert "| 00:00<" in text.getvalue() and "| ," not in text.getvalue()  # elapsed<remaining, message
 
 
 # ---------------------------------------------------------------- demo

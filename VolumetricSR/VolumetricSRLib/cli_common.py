@@ -25,7 +25,7 @@ def progress_bar(**options) -> tqdm:
     return tqdm(
         total=_BAR_STEPS,
         desc="super-resolving",
-        bar_format="{desc}: {percentage:3.0f}%|{bar}| {postfix}",
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining}{postfix}",  # postfix: ", message"
         **options,
     )
 
