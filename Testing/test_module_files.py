@@ -26,14 +26,15 @@ UI_FILE = REPO / "Resources" / "UI" / "VolumetricSR.ui"
 PACKAGES = ("VolumetricSRLib", "VolumetricSRMRML")
 RESOURCE_FOLDERS = ("UI", "Icons", "Models")
 
-# Widget classes the parameter node wrapper can bind to each field type (Slicer's GUI connectors).
+# Widget classes the parameter node wrapper binds to each field type: Slicer's GUI connectors
+# (parameterNodeWrapper/guiConnectors.py) match the exact class, so a subclass such as ctkCheckBox fails.
 CONNECTORS = {
     "vtkMRMLScalarVolumeNode": {"qMRMLNodeComboBox", "qMRMLSubjectHierarchyTreeView"},
-    "bool": {"QCheckBox", "ctkCheckBox", "QPushButton"},
+    "bool": {"QCheckBox", "QPushButton"},
     "int": {"QSpinBox", "QSlider"},
-    "float": {"QDoubleSpinBox", "ctkSliderWidget", "ctkDoubleSlider", "ctkDoubleSpinBox"},
-    "str": {"QLineEdit", "QTextEdit", "QLabel"},
-    "choice": {"QComboBox", "ctkComboBox"},
+    "float": {"QDoubleSpinBox", "ctkSliderWidget"},
+    "str": {"QLineEdit", "QTextEdit"},
+    "choice": {"QComboBox"},
     "Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
 }
 # The class a widget must have, from the end of its name.
