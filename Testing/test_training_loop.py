@@ -158,6 +158,15 @@ def test_config_errors_name_the_problem(tmp_path):
     assert shipped.steps == 10 and shipped.model == {"output": "residual"}
 
 
+def test_the_shipped_second_phase_continues_the_first_on_the_same_data():
+    configs = REPO / "training" / "configs"
+    first = load_config(configs / "shared_ct_tvsrn.toml").to_dict()
+    second = load_config(configs / "shared_ct_tvsrn_phase2.toml").to_dict()
+    assert second["init_from"] == f"{first['run_dir']}/step_{first['steps']:06d}.pt"
+    changed = {key for key in first if first[key] != second[key]}
+    assert changed == {"run_dir", "init_from", "steps", "lr", "seed"}
+
+
 def test_training_works_after_inference_on_the_same_shape():
     """Validation runs the predictor under inference_mode; the network's cached masks must stay usable."""
     model = TVSRN(TVSRNConfig(**TINY))
