@@ -1,0 +1,43 @@
+"""The bundled default model: an honest card, and on the held-out test volume the scores its card
+reports, at least 1 dB above cubic interpolation (the paper's protocol, scored in this run)."""
+
+from __future__ import annotations
+
+import pytest
+
+from conftest import shared_ct
+from training.evaluate import evaluate, load_for_evaluation, pseudo_cases
+from training.trainer import state_digest
+from VolumetricSRLib.predictor import PredictOptions
+from VolumetricSRLib.weights import default_model_path, load_model
+
+HELD_OUT = "TotalSegmentator/pulmonary_report__models__ct_cropped.nii.gz"
+
+
+@pytest.fixture(scope="module")
+def card_path():
+    path = default_model_path()
+    assert path is not None, "Resources/Models has no default model"
+    return path
+
+
+def test_the_default_model_is_trained_and_its_card_says_on_what(card_path):
+    network, card = load_model(card_path)
+    assert card.trained and card.ratio == 5 and card.config.output == "residual"
+    assert "not RPLHR-CT" in card.training["data"]["kind"]
+    assert HELD_OUT.split("/")[-1] not in card.training["data"]["thin_volumes"]
+    assert "aorta_report__test_result__models__ct_cropped.nii.gz" not in card.training["data"]["thin_volumes"]
+    for label in ("validation", "test"):  # the metrics were computed for exactly these weights
+        assert card.metrics[label]["model"]["weights_digest"] == state_digest(network)
+
+
+def test_the_default_model_beats_cubic_by_1_db_on_the_held_out_volume(card_path):
+    model = load_for_evaluation(card_path)
+    cases = pseudo_cases([shared_ct(HELD_OUT)], model.network.cfg.ratio)
+    _, summary = evaluate(model, cases, PredictOptions(device="cpu"))
+    scores = {method: summary["methods"][method]["psnr_mean"] for method in ("model", "cubic", "linear")}
+    assert scores["model"] >= scores["cubic"] + 1.0 > scores["linear"] + 1.0
+    reported = load_model(card_path)[1].metrics["test"]["methods"]
+    for method, psnr in scores.items():
+        assert psnr == pytest.approx(reported[method]["psnr_mean"], abs=0.01), method
+    assert summary["methods"]["model"]["ssim_mean"] > summary["methods"]["cubic"]["ssim_mean"]
