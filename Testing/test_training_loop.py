@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -68,6 +69,9 @@ def test_resume_refuses_other_learning_settings_but_takes_new_bookkeeping(tmp_pa
         changed.resume()
     reporting = Trainer(tiny_config(tmp_path, log_every=4, snapshot_every=2, tensorboard=False))
     assert reporting.resume() and reporting.step == 2
+    moved = tmp_path.parent / f"{tmp_path.name}-moved"  # a run folder moved elsewhere resumes too
+    shutil.copytree(tmp_path, moved)
+    assert Trainer(tiny_config(moved)).resume()
 
 
 def test_a_new_run_starts_from_another_runs_weights(tmp_path):

@@ -103,6 +103,7 @@ SCHEDULE_KEYS = (
 # Settings a resumed run may change: where it runs and how often it reports, never what it learns.
 BOOKKEEPING_KEYS = frozenset(
     {
+        "run_dir",
         "log_every",
         "val_every",
         "val_volumes",

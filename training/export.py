@@ -141,6 +141,13 @@ def export_checkpoint(
     schedule = {key: cfg[key] for key in SCHEDULE_KEYS if key in cfg}
     lineage = json.loads(state.get("lineage", "[]"))
     steps = int(state["step"]) + sum(phase["steps"] for phase in lineage)
+    this_phase = {
+        "checkpoint": checkpoint.name,
+        "steps": int(state["step"]),
+        "minutes": None if minutes is None else round(minutes, 1),
+        "hardware": list(state.get("hardware", [])),
+        "schedule": schedule,
+    }
     if minutes is not None:
         minutes += sum(phase["minutes"] for phase in lineage)
     training = {
@@ -154,10 +161,7 @@ def export_checkpoint(
         "config": cfg,
     }
     if lineage:  # a run continued from earlier runs' weights: each phase, oldest first
-        training["phases"] = [
-            *lineage,
-            {"checkpoint": checkpoint.name, "steps": int(state["step"]), "schedule": schedule},
-        ]
+        training["phases"] = [*lineage, this_phase]
     card_path = save_model(
         network,
         out_dir,
