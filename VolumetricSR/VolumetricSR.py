@@ -97,7 +97,7 @@ class VolumetricSRParameterNode:
     tileSize - in-plane tile in pixels, 0 for whole slices.
     depthOverlap - thick slices shared by neighbouring depth windows.
     batchSize - pieces per network call.
-    halfPrecision - float16 arithmetic on the GPU.
+    halfPrecision - half precision (bfloat16, else float16) on the GPU.
     showReview - show the three-over-three review after Apply.
     """
 
@@ -109,7 +109,7 @@ class VolumetricSRParameterNode:
     tileSize: Annotated[int, WithinRange(0, 4096)] = 0
     depthOverlap: Annotated[int, WithinRange(1, 3)] = 1
     batchSize: Annotated[int, WithinRange(1, 64)] = 1
-    halfPrecision: bool = False
+    halfPrecision: bool = True
     showReview: bool = True
 
 
@@ -502,7 +502,7 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         tileSize: int = 0,
         depthOverlap: int = 1,
         batchSize: int = 1,
-        halfPrecision: bool = False,
+        halfPrecision: bool = True,
         hardenTransform: bool = False,
         showReview: bool = False,
         allowUntrainedModel: bool = False,

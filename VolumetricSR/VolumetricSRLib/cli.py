@@ -13,12 +13,13 @@ import torch
 from torch import nn
 
 from . import demo
+from .allocator import peak_rss_bytes
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .device import DeviceError, describe_device, resolve_device
 from .geometry import GeometryError, voxel_spacing
 from .intensity import to_int16_hu
 from .network import TVSRN, VARIANTS, TVSRNConfig
-from .predictor import InputError, PredictionCancelled, PredictOptions, super_resolve_hu
+from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions, super_resolve_hu
 from .volume_io import VolumeFileError, check_output_path, read_volume, write_volume
 from .weights import ModelFileError, NoModelError, default_model_path, load_model
 
@@ -69,8 +70,24 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="thick slices shared by neighbouring windows (default: 1)",
     )
-    predict.add_argument("--batch", type=int, default=1, help="windows per network call (default: 1)")
-    predict.add_argument("--amp", action="store_true", help="half precision on the GPU (faster, less memory)")
+    predict.add_argument(
+        "--batch", type=int, help="windows per network call (default: 1 on the CPU, from free GPU memory)"
+    )
+    predict.add_argument(
+        "--no-amp", dest="amp", action="store_false", help="float32 on the GPU (default: bfloat16/float16)"
+    )
+    predict.add_argument(
+        "--cpu-bf16",
+        action="store_true",
+        help="bfloat16 on a CPU that has it natively (faster; about 2 HU mean difference)",
+    )
+    predict.add_argument(
+        "--depth-blend",
+        choices=DEPTH_BLENDS,
+        default="mean",
+        help="shared thin slices: mean of the windows, or the central ones, later windows overwriting "
+        "(the authors' scheme, with --depth-overlap 2) (default: mean)",
+    )
     predict.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     predict.add_argument(
         "--allow-untrained", action="store_true", help="accept untrained weights (only to test the pipeline)"
@@ -149,6 +166,8 @@ def run_predict(args: argparse.Namespace) -> int:
         depth_overlap=args.depth_overlap,
         batch=args.batch,
         amp=args.amp,
+        cpu_bf16=args.cpu_bf16,
+        depth_blend=args.depth_blend,
     )
     start = time.perf_counter()
     # disable=None: the bar shows on a terminal only, not in logs of batch runs
@@ -169,6 +188,9 @@ def run_predict(args: argparse.Namespace) -> int:
     print(f"wrote {output}: {i} x {j} x {k} voxels, spacing {spacing} mm")
     slices = f"{volume.array.shape[0]} -> {k} slices"
     print(f"super-resolved {slices} in {seconds:.1f} s on {describe_device(device)}")
+    peak = peak_rss_bytes()
+    if peak is not None:
+        print(f"peak memory (resident): {peak / 2**30:.2f} GiB")
     return 0
 
 

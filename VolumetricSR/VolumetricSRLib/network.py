@@ -7,6 +7,8 @@ slices that span them, shape (B, D', H, W); output slice r * i lies on input sli
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 
@@ -109,6 +111,34 @@ class TVSRNConfig:
         return cls(**{**base, **overrides})
 
 
+MASKED = -1.0e4
+"""Additive attention score between tokens that must not see each other: finite, so that attention
+needs no guard against rows of -inf, and exp(MASKED - max) is exactly 0 in float16, bfloat16 and float32."""
+
+CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
+"""Largest intermediate (tokens x features) of one chunk of a layer without autograd, per device
+type: 16 MB in float32 on a CPU (the allocator reuses it instead of mapping fresh pages for every
+operation), 256 MB on a GPU (kernels big enough to fill it)."""
+
+_reference_layers = False
+
+
+def _chunk_elements(x: torch.Tensor) -> int:
+    return CHUNK_ELEMENTS.get(x.device.type, CHUNK_ELEMENTS["cpu"])
+
+
+@contextmanager
+def reference_layers(enabled: bool = True) -> Iterator[None]:
+    """Run Swin layers as first written (5-D attention, -inf masks, no chunks): the baseline that
+    benchmarks time and tests compare the default layers against."""
+    global _reference_layers
+    previous, _reference_layers = _reference_layers, enabled
+    try:
+        yield
+    finally:
+        _reference_layers = previous
+
+
 # Cached tensors are built outside inference mode: one first built under the predictor's
 # inference_mode would be an inference tensor, unusable by a later training step.
 @lru_cache(maxsize=64)
@@ -119,15 +149,18 @@ def _relative_index(wh: int, ww: int) -> torch.Tensor:
     return (rel[0] + wh - 1) * (2 * ww - 1) + (rel[1] + ww - 1)
 
 
-@lru_cache(maxsize=64)
-@torch.inference_mode(False)
-def _window_mask(
+def _to_windows(grid: torch.Tensor, window: tuple[int, int]) -> torch.Tensor:
+    """(hp, wp) grid -> (nW, wh * ww): window by window, row-major inside each window."""
+    (hp, wp), (wh, ww) = grid.shape, window
+    return grid.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
+
+
+def _region_labels(
     size: tuple[int, int], padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
-) -> torch.Tensor | None:
-    """Additive mask (nW, 1, N, N): -inf between tokens of different shift regions or padding."""
+) -> torch.Tensor:
+    """(nW, N) label of each token of the shifted, padded grid; tokens of one window may attend to
+    each other only when their labels are equal (same shift region, both real or both padding)."""
     (h, w), (hp, wp), (wh, ww), (sh, sw) = size, padded, window, shift
-    if (hp, wp) == (h, w) and shift == (0, 0):
-        return None
     labels = torch.zeros(hp, wp, dtype=torch.long)
     if shift != (0, 0):
         row = torch.zeros(hp, dtype=torch.long)
@@ -143,11 +176,61 @@ def _window_mask(
     orig_r = (torch.arange(hp) + sh) % hp
     orig_c = (torch.arange(wp) + sw) % wp
     pad = (orig_r[:, None] >= h) | (orig_c[None, :] >= w)
-    labels = labels + 9 * pad.long()
-    win = labels.view(hp // wh, wh, wp // ww, ww).permute(0, 2, 1, 3).reshape(-1, wh * ww)
-    mask = torch.zeros(win.shape[0], wh * ww, wh * ww)
+    return _to_windows(labels + 9 * pad.long(), window)
+
+
+@lru_cache(maxsize=64)
+@torch.inference_mode(False)
+def _window_mask(
+    size: tuple[int, int], padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> torch.Tensor | None:
+    """Additive mask (nW, 1, N, N) of the reference layers: -inf between tokens of different labels."""
+    if padded == size and shift == (0, 0):
+        return None
+    win = _region_labels(size, padded, window, shift)
+    mask = torch.zeros(win.shape[0], win.shape[1], win.shape[1])
     mask.masked_fill_(win[:, :, None] != win[:, None, :], float("-inf"))
     return mask[:, None]
+
+
+@dataclass(frozen=True)
+class _WindowPlan:
+    """How the tokens of one (h, w) map meet in shifted, padded windows, computed once per shape.
+
+    Windows are ordered with those that need a mask last. `gather[s]`: the token (row-major index
+    in the map) at window-order slot s, padding slots pointing at token 0; `scatter[t]`: the slot of
+    token t; `pad`: (slots,) true at padding, or None; `plain`: how many windows come first that
+    need no mask; `mask`: (masked windows, 1, N, N) with MASKED between tokens of different labels.
+    """
+
+    gather: torch.Tensor
+    scatter: torch.Tensor
+    pad: torch.Tensor | None
+    plain: int
+    mask: torch.Tensor
+
+
+@lru_cache(maxsize=64)
+@torch.inference_mode(False)
+def _window_plan(
+    size: tuple[int, int], padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
+) -> _WindowPlan:
+    (h, w), (hp, wp), (sh, sw) = size, padded, shift
+    rows = (torch.arange(hp) + sh) % hp
+    cols = (torch.arange(wp) + sw) % wp
+    pad_grid = (rows[:, None] >= h) | (cols[None, :] >= w)
+    labels = _region_labels(size, padded, window, shift)
+    mixed = (labels != labels[:, :1]).any(dim=1)
+    order = torch.cat([(~mixed).nonzero().flatten(), mixed.nonzero().flatten()])
+    source = torch.where(pad_grid, 0, rows[:, None] * w + cols[None, :])
+    gather = _to_windows(source, window)[order].flatten()
+    pad = _to_windows(pad_grid, window)[order].flatten()
+    scatter = torch.empty(h * w, dtype=torch.long)
+    scatter[gather[~pad]] = torch.arange(gather.numel())[~pad]
+    sub = labels[mixed]
+    mask = torch.zeros(sub.shape[0], 1, sub.shape[1], sub.shape[1])
+    mask.masked_fill_(sub[:, None, :, None] != sub[:, None, None, :], MASKED)
+    return _WindowPlan(gather, scatter, pad if bool(pad.any()) else None, int((~mixed).sum()), mask)
 
 
 class WindowAttention(nn.Module):
@@ -162,19 +245,36 @@ class WindowAttention(nn.Module):
         self.bias_table = nn.Parameter(torch.zeros((2 * window[0] - 1) * (2 * window[1] - 1), heads))
         nn.init.trunc_normal_(self.bias_table, std=0.02)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """x: (B, nW, N, C) windows of tokens; mask: (nW, 1, N, N) or None."""
+    def relative_bias(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """(heads, N, N) additive bias from the relative positions of the tokens of a window."""
+        n = self.window[0] * self.window[1]
+        index = _relative_index(*self.window).to(device)
+        return self.bias_table[index.view(-1)].view(n, n, self.heads).permute(2, 0, 1).to(dtype)
+
+    def forward(self, windows: torch.Tensor, attn_mask: torch.Tensor) -> torch.Tensor:
+        """windows: (B, N, C) tokens; attn_mask: finite additive scores (1 or B, heads, N, N)."""
+        b, n, c = windows.shape
+        q, k, v = self.qkv(windows).view(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+    def reference_forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """x: (B, nW, N, C) windows of tokens; mask: (nW, 1, N, N) of 0 / -inf, or None."""
         b, nw, n, c = x.shape
         qkv = self.qkv(x).view(b, nw, n, 3, self.heads, c // self.heads).permute(3, 0, 1, 4, 2, 5)
-        index = _relative_index(*self.window).to(x.device)
-        bias = self.bias_table[index.view(-1)].view(n, n, self.heads).permute(2, 0, 1)
-        attn_mask = bias.to(x.dtype) if mask is None else bias.to(x.dtype) + mask.to(x.device, x.dtype)
+        bias = self.relative_bias(x.device, x.dtype)
+        attn_mask = bias if mask is None else bias + mask.to(x.device, x.dtype)
         out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2], attn_mask=attn_mask)
         return self.proj(out.transpose(2, 3).reshape(b, nw, n, c))
 
 
 class SwinLayer(nn.Module):
-    """One Swin Transformer layer on a 2D token map (B, H, W, C), any H and W."""
+    """One Swin Transformer layer on a 2D token map (B, H, W, C), any H and W.
+
+    Tokens are gathered into window order once (the windows that mix shift regions or padding
+    last); fused attention runs on the others with the relative bias shared by all, and on those
+    with bias + mask. Without autograd every step works on bounded chunks, in place where it can.
+    """
 
     def __init__(self, dim: int, heads: int, window: tuple[int, int], shifted: bool, mlp_ratio: float):
         super().__init__()
@@ -186,17 +286,82 @@ class SwinLayer(nn.Module):
         hidden = int(dim * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, h, w, c = x.shape
+    def _grid(self, h: int, w: int) -> tuple[tuple[int, int], tuple[int, int]]:
+        """Padded size and shift of an (h, w) map."""
         wh, ww = self.window
         hp, wp = math.ceil(h / wh) * wh, math.ceil(w / ww) * ww
         shift = (wh // 2 if self.shifted and hp > wh else 0, ww // 2 if self.shifted and wp > ww else 0)
+        return (hp, wp), shift
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if _reference_layers:
+            return self.reference_forward(x)
+        b, h, w, c = x.shape
+        padded, shift = self._grid(h, w)
+        plan = _window_plan((h, w), padded, self.window, shift)
+        grad = torch.is_grad_enabled()
+        tokens = x.reshape(b, h * w, c).index_select(1, plan.gather.to(x.device))
+        pad = None if plan.pad is None else plan.pad.to(x.device)
+        out = torch.empty_like(tokens)
+        bias = self.attn.relative_bias(x.device, x.dtype)
+        self._attend(tokens, out, pad, 0, plan.plain, bias[None], grad)
+        if plan.mask.numel():
+            mask = bias + plan.mask.to(x.device, x.dtype)
+            self._attend(tokens, out, pad, plan.plain, mask.shape[0], mask, grad)
+        y = out.index_select(1, plan.scatter.to(x.device))
+        if grad:
+            y = y + x.reshape(b, h * w, c)
+            return (y + self.mlp(self.norm2(y))).view(b, h, w, c)
+        y += x.reshape(b, h * w, c)
+        flat = y.view(-1, c)
+        step = max(1, _chunk_elements(x) // max(3 * c, self.mlp[0].out_features))
+        for s in range(0, flat.shape[0], step):
+            part = flat[s : s + step]
+            part += self.mlp(self.norm2(part))
+        return y.view(b, h, w, c)
+
+    def _attend(
+        self,
+        tokens: torch.Tensor,
+        out: torch.Tensor,
+        pad: torch.Tensor | None,
+        first: int,
+        count: int,
+        attn_mask: torch.Tensor,
+        grad: bool,
+    ) -> None:
+        """Attention of windows first ... first + count - 1 of every map, written into `out`.
+
+        `attn_mask` is (1, heads, N, N) for all of them or (count, heads, N, N), one per window.
+        """
+        b, _, c = tokens.shape
+        n = self.window[0] * self.window[1]
+        per_window = 3 * c * n if attn_mask.shape[0] == 1 else max(3 * c * n, attn_mask[0].numel())
+        step = count if grad else max(1, _chunk_elements(tokens) // (b * per_window))
+        for w0 in range(first, first + count, step):
+            w1 = min(w0 + step, first + count)
+            normed = self.norm1(tokens[:, w0 * n : w1 * n])
+            if pad is not None:
+                normed = normed.masked_fill(pad[w0 * n : w1 * n, None], 0.0)
+            mask = (
+                attn_mask
+                if attn_mask.shape[0] == 1
+                else attn_mask[w0 - first : w1 - first].repeat(b, 1, 1, 1)
+            )
+            result = self.attn(normed.reshape(-1, n, c), mask)
+            out[:, w0 * n : w1 * n] = result.view(b, -1, c)
+
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The layer as first written: pad, roll, window partition, 5-D attention, reverse."""
+        b, h, w, c = x.shape
+        wh, ww = self.window
+        (hp, wp), shift = self._grid(h, w)
         y = F.pad(self.norm1(x), (0, 0, 0, wp - w, 0, hp - h))
         if shift != (0, 0):
             y = torch.roll(y, (-shift[0], -shift[1]), dims=(1, 2))
         windows = y.view(b, hp // wh, wh, wp // ww, ww, c).permute(0, 1, 3, 2, 4, 5)
         windows = windows.reshape(b, -1, wh * ww, c)
-        windows = self.attn(windows, _window_mask((h, w), (hp, wp), self.window, shift))
+        windows = self.attn.reference_forward(windows, _window_mask((h, w), (hp, wp), self.window, shift))
         y = windows.view(b, hp // wh, wp // ww, wh, ww, c).permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, c)
         if shift != (0, 0):
             y = torch.roll(y, shift, dims=(1, 2))
