@@ -7,15 +7,17 @@ slices that span them, shape (B, D', H, W); output slice r * i lies on input sli
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from functools import lru_cache
+from functools import lru_cache, wraps
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+T = TypeVar("T")
 VARIANTS = ("full", "no_tab", "encoder_only", "vit")
 OUTPUTS = ("direct", "residual")
 
@@ -139,10 +141,21 @@ def reference_layers(enabled: bool = True) -> Iterator[None]:
         _reference_layers = previous
 
 
-# Cached tensors are built outside inference mode: one first built under the predictor's
-# inference_mode would be an inference tensor, unusable by a later training step.
+def _built_on_cpu(build: Callable[..., T]) -> Callable[..., T]:
+    """Build cached tensors on the CPU outside inference mode, whatever the caller's context: one
+    built under the predictor's inference_mode would be unusable by a later training step, one
+    built under `torch.device("meta")` would hold no values."""
+
+    @wraps(build)
+    def built(*args):
+        with torch.inference_mode(False), torch.device("cpu"):
+            return build(*args)
+
+    return built
+
+
 @lru_cache(maxsize=64)
-@torch.inference_mode(False)
+@_built_on_cpu
 def _relative_index(wh: int, ww: int) -> torch.Tensor:
     coords = torch.stack(torch.meshgrid(torch.arange(wh), torch.arange(ww), indexing="ij")).flatten(1)
     rel = coords[:, :, None] - coords[:, None, :]
@@ -180,7 +193,7 @@ def _region_labels(
 
 
 @lru_cache(maxsize=64)
-@torch.inference_mode(False)
+@_built_on_cpu
 def _window_mask(
     size: tuple[int, int], padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> torch.Tensor | None:
@@ -211,7 +224,7 @@ class _WindowPlan:
 
 
 @lru_cache(maxsize=64)
-@torch.inference_mode(False)
+@_built_on_cpu
 def _window_plan(
     size: tuple[int, int], padded: tuple[int, int], window: tuple[int, int], shift: tuple[int, int]
 ) -> _WindowPlan:

@@ -46,7 +46,8 @@ class PredictOptions:
     GPU (bfloat16 where supported, else float16). `cpu_bf16`: bfloat16 autocast on a CPU with native
     bfloat16 (faster, about 2 HU mean difference). `depth_blend`: "mean" averages the thin slices
     that overlapping windows share; "center" keeps the central ones, later windows overwriting
-    earlier ones (the authors' scheme, with depth_overlap 2).
+    earlier ones (the authors' scheme, with depth_overlap 2). `reuse_memory`: keep freed memory
+    for reuse during a CPU run (allocator.reuse_freed_memory).
     """
 
     device: str = "auto"
@@ -57,6 +58,7 @@ class PredictOptions:
     amp: bool = True
     cpu_bf16: bool = False
     depth_blend: str = "mean"
+    reuse_memory: bool = True
 
 
 class InputError(ValueError):
@@ -68,7 +70,7 @@ class PredictionCancelled(Exception):
 
 
 @dataclass(frozen=True)
-class _Tiling:
+class Tiling:
     """Where the pieces of one volume go: depth window starts and in-plane tile starts."""
 
     depth_starts: list[int]
@@ -114,7 +116,7 @@ def super_resolve_unit(
     _check_unit_range(volume)
     _check_options(options, depth)
     device = resolve_device(options.device)
-    tiling = _plan(volume.shape, depth, options)
+    tiling = plan_tiling(volume.shape, depth, options)
     if options.batch is None:
         options = replace(options, batch=auto_batch(device, tiling.tile_shape, options.amp))
     autocast = _autocast(device, options)
@@ -122,7 +124,7 @@ def super_resolve_unit(
     was_training = model.training
     model.to(device).eval()
     try:
-        with reuse_freed_memory(device.type == "cpu"):
+        with reuse_freed_memory(options.reuse_memory and device.type == "cpu"):
             return _predict(model, volume, tiling, depth, ratio, device, options, autocast, report, cancel)
     finally:
         model.train(was_training)
@@ -196,7 +198,7 @@ def super_resolve_hu(
 def _predict(
     model: nn.Module,
     volume: np.ndarray,
-    tiling: _Tiling,
+    tiling: Tiling,
     depth: int,
     ratio: int,
     device: torch.device,
@@ -281,19 +283,20 @@ def _where(piece: tuple[int, int, int], windows: int, cols: int, tiles: int) -> 
     return f"window {w + 1}/{windows}" + (f", tile {r * cols + c + 1}/{tiles}" if tiles > 1 else "")
 
 
-def _piece_origin(tiling: _Tiling, piece: tuple[int, int, int]) -> tuple[int, int, int]:
+def _piece_origin(tiling: Tiling, piece: tuple[int, int, int]) -> tuple[int, int, int]:
     """Thick slice, row and column where a piece starts."""
     w, r, c = piece
     return tiling.depth_starts[w], tiling.row_starts[r], tiling.col_starts[c]
 
 
-def _plan(shape: tuple[int, ...], depth: int, options: PredictOptions) -> _Tiling:
+def plan_tiling(shape: tuple[int, ...], depth: int, options: PredictOptions) -> Tiling:
+    """Depth windows and in-plane tiles of a (K, J, I) volume for windows of `depth` slices."""
     slices, rows, cols = shape
     if options.tile is None:
         tile_shape, overlap = (rows, cols), 0
     else:
         tile_shape, overlap = (min(options.tile, rows), min(options.tile, cols)), options.tile_overlap
-    return _Tiling(
+    return Tiling(
         depth_starts=_window_starts(slices, depth, depth - options.depth_overlap),
         row_starts=_window_starts(rows, tile_shape[0], tile_shape[0] - overlap),
         col_starts=_window_starts(cols, tile_shape[1], tile_shape[1] - overlap),
