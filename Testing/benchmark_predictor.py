@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "VolumetricSR"))
 
 from VolumetricSRLib.allocator import peak_rss_bytes  # noqa: E402
-from VolumetricSRLib.device import describe_device, resolve_device  # noqa: E402
+from VolumetricSRLib.device import describe_device, resolve_device, use_physical_cores  # noqa: E402
 from VolumetricSRLib.network import TVSRN, reference_layers  # noqa: E402
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick  # noqa: E402
 from VolumetricSRLib.predictor import (  # noqa: E402
@@ -75,6 +75,7 @@ def available_paths() -> list[str]:
 def run_child(args: argparse.Namespace) -> None:
     """One path in this process: predict, save the thin HU volume and the figures."""
     data = np.load(args.volume)
+    use_physical_cores()
     model, card = load_model(args.model or default_model_path(), device="cpu")
     options = path_options(args.child)
     reference = reference_layers(args.child == "reference")

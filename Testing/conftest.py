@@ -29,6 +29,17 @@ def shared_ct(relative: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def linear_model_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Card of an untrained tiny TVSRN with the residual output: its head starts at zero, so it
+    predicts linear interpolation exactly, and a child process running it gives known voxels."""
+    from VolumetricSRLib.weights import save_model
+
+    network = tiny_tvsrn(ratio=5, output="residual")
+    folder = tmp_path_factory.mktemp("linear-model")
+    return save_model(network, folder, id="linear-stand-in", name="Linear stand-in", trained=False)
+
+
 def tiny_tvsrn(**overrides) -> TVSRN:
     """A TVSRN of TVSRNConfig.tiny(**overrides), its weights drawn after torch.manual_seed(0)."""
     torch.manual_seed(0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -15,13 +16,13 @@ import pytest
 import torch
 
 from conftest import shared_ct
-from VolumetricSRLib import weights
+from VolumetricSRLib import model_cards
 from VolumetricSRLib.cli import main, parameter_parts
 from VolumetricSRLib.cli_common import progress_bar, show_progress
 from VolumetricSRLib.geometry import thin_grid
 from VolumetricSRLib.intensity import to_int16_hu
 from VolumetricSRLib.network import TVSRN, TVSRNConfig, count_parameters
-from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
+from VolumetricSRLib.predictor import PredictOptions, bf16_cpu_supported, super_resolve_hu
 from VolumetricSRLib.volume_io import read_volume, write_volume
 from VolumetricSRLib.weights import load_model, save_model
 
@@ -105,6 +106,8 @@ def test_predict_real_nifti_writes_the_thin_grid(
 
     assert f"wrote {output}: 122 x 101 x 146 voxels, spacing 3.000 x 3.000 x 0.600 mm" in out
     assert "super-resolved 30 -> 146 slices in " in out and " s on cpu (" in out
+    peak = re.search(r"peak memory \(resident\): ([0-9.]+) GiB", out)
+    assert peak is not None and 0.05 < float(peak.group(1)) < 64
 
 
 def test_predict_real_nrrd_to_nrrd(tmp_path: Path, models: Path, capsys: pytest.CaptureFixture) -> None:
@@ -140,6 +143,29 @@ def test_predict_passes_the_options_and_the_card_window_to_the_predictor(
     np.testing.assert_allclose(thin.affine, affine, rtol=0, atol=1e-5)
     whole = super_resolve_hu(model, thick.array, thick.affine, PredictOptions(device="cpu"), window=WINDOW)[0]
     assert not np.array_equal(to_int16_hu(whole), thin.array)  # the options did change the computation
+
+
+def test_predict_passes_the_authors_depth_blend_and_cpu_bfloat16(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    output = tmp_path / "thin.nii"
+    options = ["--depth-overlap", 2, "--depth-blend", "center", "--device", "cpu"]
+    code, _, err = cli(capsys, "predict", small_ct, output, "--model", models / "tiny.json", *options)
+    assert code == 0, err
+    thick = read_volume(small_ct)
+    model, _ = load_model(models / "tiny.json")
+    same = PredictOptions(device="cpu", depth_overlap=2, depth_blend="center")
+    expected, _ = super_resolve_hu(model, thick.array, thick.affine, same, window=WINDOW)
+    np.testing.assert_array_equal(read_volume(output).array, to_int16_hu(expected))
+
+    bf16 = ["--cpu-bf16", "--device", "cpu", "--overwrite"]
+    code, _, err = cli(capsys, "predict", small_ct, output, "--model", models / "tiny.json", *bf16)
+    if bf16_cpu_supported():
+        assert code == 0, err
+        exact, _ = super_resolve_hu(model, thick.array, thick.affine, PredictOptions("cpu"), window=WINDOW)
+        assert np.abs(read_volume(output).array - exact).mean() < 20
+    else:
+        assert code == 2 and "no native bfloat16" in err
 
 
 def test_predict_replaces_an_existing_output_only_with_overwrite(
@@ -296,7 +322,7 @@ def test_without_a_bundled_model_the_error_says_how_to_get_one(
 ) -> None:
     empty = tmp_path / "Models"
     empty.mkdir()
-    monkeypatch.setattr(weights, "bundled_models_dir", lambda: empty)
+    monkeypatch.setattr(model_cards, "bundled_models_dir", lambda: empty)
     code, _, err = cli(capsys, "predict", small_ct, tmp_path / "thin.nii.gz")
     assert_refused(code, err, "no trained model is bundled with VolumetricSR yet", tmp_path, ["Models", "in"])
     assert "volumetricsr-train" in err

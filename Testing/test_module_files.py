@@ -53,6 +53,7 @@ SIGNALS = {
     "QPushButton": {"clicked(bool)", "clicked()", "toggled(bool)"},
     "QCheckBox": {"toggled(bool)", "clicked(bool)", "stateChanged(int)"},
     "QSpinBox": {"valueChanged(int)"},
+    "ctkPathLineEdit": {"currentPathChanged(QString)"},
 }
 
 
@@ -178,6 +179,11 @@ def test_extension_cmake_has_the_metadata_and_the_module():
     ]
     positions = [text.index(line) for line in order]
     assert positions == sorted(positions)
+    for field, name in (("README", "README.md"), ("LICENSE", "LICENSE")):
+        match = re.search(rf"set\(EXTENSION_{field}_FILE \$\{{CMAKE_CURRENT_SOURCE_DIR\}}/(\S+)\)", text)
+        assert match and match.group(1) == name, f"EXTENSION_{field}_FILE must name the project's {name}"
+        assert (EXTENSION_CMAKE.parent / name).is_file()
+        assert text.index(match.group(0)) < text.index("include(${Slicer_EXTENSION_CPACK})")
 
 
 def test_every_widget_the_module_names_exists_with_the_expected_class():
@@ -206,7 +212,8 @@ def test_every_bound_widget_matches_a_parameter_node_field():
             f"{widget} ({widgets[widget]}) cannot show a {fields[field]}"
         )
     unbound = set(fields) - set(bindings.values())
-    assert unbound == {"modelId"}, f"fields without a widget: {unbound}"  # modelId follows modelSelector
+    # modelId follows modelSelector; modelFile is kept in step with modelFileSelector by the widget
+    assert unbound == {"modelId", "modelFile"}, f"fields without a widget: {unbound}"
 
 
 def test_volume_selectors_list_scalar_volumes_and_get_the_scene():

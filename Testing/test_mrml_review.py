@@ -228,3 +228,24 @@ def test_review_grid_blacks_out_what_lies_outside_the_volume():
     grid = review_grid([inside, outside], columns=2, gap=1)
     assert grid.shape == (2, 7, 3)
     assert (grid[:, :3] == 200).all() and (grid[:, 3] == 0).all() and (grid[:, 4:] == 0).all()
+
+
+def test_leaving_the_review_layout_gives_back_the_users_view_groups_and_links(views):
+    scene = views.scene
+    thick, thin = volume_pair(scene)
+    layout = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")
+    layout.SetViewArrangement(THREE_OVER_THREE)
+    before = {name: slice_node(scene, name).GetViewGroup() for name in REVIEW_VIEWS}
+    composite_node(scene, "Green").SetLinkedControl(True)  # the user's own choice, kept
+    show_review(scene, thick, thin)
+    show_review(scene, thick, thin)  # a second review must not take the review's state as the user's
+    assert {slice_node(scene, name).GetViewGroup() for name in REVIEW_VIEWS} == {0}
+
+    layout.SetViewArrangement(slicer.vtkMRMLLayoutNode.SlicerLayoutConventionalView)
+    assert {name: slice_node(scene, name).GetViewGroup() for name in REVIEW_VIEWS} == before
+    assert before != {name: 0 for name in REVIEW_VIEWS}, "the layout's own groups differ from the review's"
+    linked = {name: bool(composite_node(scene, name).GetLinkedControl()) for name in REVIEW_VIEWS}
+    assert linked == {name: name == "Green" for name in REVIEW_VIEWS}
+
+    show_review(scene, thick, thin)  # and a later review works as before
+    assert all(composite_node(scene, name).GetLinkedControl() for name in REVIEW_VIEWS)

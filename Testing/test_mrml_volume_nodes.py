@@ -2,22 +2,29 @@
 
 from __future__ import annotations
 
-from types import SimpleNamespace
+import json
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
-from torch import nn
 
 slicer = pytest.importorskip("slicer", reason="the MRML tests need the slicer-core wheel")
 import vtk  # noqa: E402  (after the skip: vtk comes with slicer-core)
 
-from conftest import GatedModel, tiny_tvsrn  # noqa: E402
-from VolumetricSRLib.geometry import GeometryError, thin_grid  # noqa: E402
-from VolumetricSRLib.network import TVSRNConfig, depth_interpolation_matrix  # noqa: E402
-from VolumetricSRLib.predictor import PredictionCancelled, PredictOptions  # noqa: E402
-from VolumetricSRLib.weights import ModelCard  # noqa: E402
-from VolumetricSRMRML.processing import super_resolve_volume  # noqa: E402
+from conftest import shared_ct  # noqa: E402
+from VolumetricSRLib.child_run import ChildError  # noqa: E402
+from VolumetricSRLib.cli import main as cli_main  # noqa: E402
+from VolumetricSRLib.geometry import thin_grid  # noqa: E402
+from VolumetricSRLib.phantom import chest_phantom, simulate_thick  # noqa: E402
+from VolumetricSRLib.volume_io import read_volume, write_volume  # noqa: E402
+from VolumetricSRMRML.processing import (  # noqa: E402
+    RunSettings,
+    SuperResolutionCancelled,
+    SuperResolutionJob,
+    super_resolve_volume,
+)
 from VolumetricSRMRML.volume_nodes import (  # noqa: E402
     TransformError,
     VolumeNodeError,
@@ -33,35 +40,17 @@ from VolumetricSRMRML.volume_nodes import (  # noqa: E402
 )
 
 RATIO = 5
-CPU = PredictOptions(device="cpu")
 
 
-class LinearStandIn(nn.Module):
-    """Stands in for the network: thin slices by linear interpolation, so every voxel is known."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.cfg = SimpleNamespace(depth=4, ratio=RATIO)
-        self.register_buffer("matrix", depth_interpolation_matrix(4, RATIO))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("td,bdhw->bthw", self.matrix, x)
+@pytest.fixture(scope="module")
+def linear(linear_model_card: Path) -> RunSettings:
+    """Settings for a child process whose model is linear interpolation: every voxel is known."""
+    return RunSettings(model=str(linear_model_card), device="cpu", allow_untrained=True)
 
 
-def card_for(model_id: str = "linear-stand-in", thick_spacing_mm: float | None = 5.0) -> ModelCard:
-    config = TVSRNConfig(ratio=RATIO)
-    return ModelCard(
-        id=model_id,
-        name="stand-in",
-        description="",
-        architecture=config.to_dict(),
-        ratio=RATIO,
-        thick_spacing_mm=thick_spacing_mm,
-        thin_spacing_mm=None if thick_spacing_mm is None else thick_spacing_mm / RATIO,
-        intensity_window=[-1024.0, 2048.0],
-        trained=False,
-        sha256="0" * 64,
-    )
+def run(node, settings: RunSettings, **options):
+    """super_resolve_volume with this test's Python as the child's interpreter."""
+    return super_resolve_volume(node, settings, python=sys.executable, **options)
 
 
 def rotation(axis: np.ndarray, degrees: float) -> np.ndarray:
@@ -120,10 +109,10 @@ def volume_count(scene) -> int:
 
 
 @pytest.mark.parametrize("geometry", [OBLIQUE, FLIPPED, AXIAL], ids=["oblique", "flipped", "axial"])
-def test_output_node_geometry_follows_the_thin_grid_rule(scene, geometry):
+def test_output_node_geometry_follows_the_thin_grid_rule(scene, geometry, linear):
     voxels = ct_voxels()
     thick = add_volume(scene, voxels, geometry)
-    result = super_resolve_volume(thick, LinearStandIn(), card_for(), CPU)
+    result = run(thick, linear)
     thin = result.output
     out = ijk_to_ras(thin)
 
@@ -146,9 +135,9 @@ def test_output_node_geometry_follows_the_thin_grid_rule(scene, geometry):
 
 
 @pytest.mark.parametrize("extension", [".nrrd", ".nii.gz"])
-def test_thin_node_round_trips_through_the_storage_node(scene, tmp_path, extension):
+def test_thin_node_round_trips_through_the_storage_node(scene, tmp_path, extension, linear):
     thick = add_volume(scene, ct_voxels(), OBLIQUE)
-    thin = super_resolve_volume(thick, LinearStandIn(), card_for(), CPU).output
+    thin = run(thick, linear).output
     path = tmp_path / f"thin{extension}"
     writer = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     writer.SetFileName(str(path))
@@ -162,13 +151,13 @@ def test_thin_node_round_trips_through_the_storage_node(scene, tmp_path, extensi
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(reread), slicer.util.arrayFromVolume(thin))
 
 
-def test_window_level_colour_and_interpolation_are_copied(scene):
+def test_window_level_colour_and_interpolation_are_copied(scene, linear):
     thick = add_volume(scene, ct_voxels(), AXIAL)
     display = thick.GetDisplayNode()
     display.SetAutoWindowLevel(False)
     display.SetWindowLevel(1500.0, -600.0)
     display.SetInterpolate(0)
-    thin = super_resolve_volume(thick, LinearStandIn(), card_for(), CPU).output
+    thin = run(thick, linear).output
     copied = thin.GetDisplayNode()
     assert (copied.GetWindow(), copied.GetLevel()) == (1500.0, -600.0)
     assert not copied.GetAutoWindowLevel()
@@ -183,22 +172,22 @@ def test_copy_window_level_needs_display_nodes(scene):
     assert copy_window_level(bare, thick) is False
 
 
-def test_new_output_sits_in_the_input_folder_with_provenance(scene):
+def test_new_output_sits_in_the_input_folder_with_provenance(scene, linear):
     thick = add_volume(scene, ct_voxels(), AXIAL, name="chest")
     hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     study = hierarchy.CreateFolderItem(hierarchy.GetSceneItemID(), "Patient 7 / CT study")
     hierarchy.CreateItem(study, thick)
-    card = card_for("tvsrn-x5")
-    result = super_resolve_volume(thick, LinearStandIn(), card, CPU)
+    result = run(thick, linear)
     thin = result.output
+    card = json.loads(Path(linear.model).read_text())
 
     assert thin.GetName() == "chest thin"
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(thin)) == study
     record = provenance(thin)
     assert record["SourceNodeID"] == thick.GetID()
     assert record["SourceName"] == "chest"
-    assert record["ModelId"] == "tvsrn-x5"
-    assert record["ModelSha256"] == card.sha256
+    assert record["ModelId"] == "linear-stand-in"
+    assert record["ModelSha256"] == card["sha256"]
     assert record["Ratio"] == "5"
     assert record["Device"].startswith("cpu")
     assert float(record["Seconds"]) == pytest.approx(result.seconds, abs=0.01)
@@ -226,11 +215,11 @@ def test_existing_output_item_is_moved_next_to_the_input(scene):
     assert hierarchy.GetItemParent(elsewhere) == study
 
 
-def test_existing_output_node_is_updated_in_place(scene):
+def test_existing_output_node_is_updated_in_place(scene, linear):
     thick = add_volume(scene, ct_voxels(), AXIAL)
     target = add_volume(scene, np.zeros((2, 3, 4), np.int16), FLIPPED, name="my output")
     before = volume_count(scene)
-    result = super_resolve_volume(thick, LinearStandIn(), card_for(), CPU, output_node=target)
+    result = run(thick, linear, output_node=target)
     assert result.output is target and not result.created
     assert volume_count(scene) == before
     assert target.GetName() == "my output"
@@ -238,18 +227,18 @@ def test_existing_output_node_is_updated_in_place(scene):
     np.testing.assert_allclose(ijk_to_ras(target), thin_grid(AXIAL, 6, RATIO).affine)
 
 
-def test_unique_output_names(scene):
+def test_unique_output_names(scene, linear):
     thick = add_volume(scene, ct_voxels(), AXIAL, name="CT")
     assert unique_output_name(scene, thick) == "CT thin"
-    first = super_resolve_volume(thick, LinearStandIn(), card_for(), CPU).output
-    second = super_resolve_volume(thick, LinearStandIn(), card_for(), CPU).output
+    first = run(thick, linear).output
+    second = run(thick, linear).output
     assert first.GetName() == "CT thin"
     assert second.GetName() not in ("CT thin", "CT")
     assert second.GetName().startswith("CT thin")
     assert thin_outputs_of(scene, thick) == [first, second]
 
 
-def test_non_linear_transforms_are_refused_and_nothing_is_added(scene):
+def test_non_linear_transforms_are_refused_and_nothing_is_added(scene, linear):
     thick = add_volume(scene, ct_voxels(), AXIAL)
     grid = scene.AddNewNodeByClass("vtkMRMLGridTransformNode", "warp")
     thin_plate = vtk.vtkThinPlateSplineTransform()
@@ -268,11 +257,11 @@ def test_non_linear_transforms_are_refused_and_nothing_is_added(scene):
     for transform in (grid, spline, linear_under_grid):
         thick.SetAndObserveTransformNodeID(transform.GetID())
         with pytest.raises(TransformError, match=f"non-linear transform {transform.GetName()}.*Harden"):
-            super_resolve_volume(thick, LinearStandIn(), card_for(), CPU)
+            run(thick, linear)
         assert volume_count(scene) == before
 
 
-def test_linear_transform_output_keeps_it_or_hardens_it(scene):
+def test_linear_transform_output_keeps_it_or_hardens_it(scene, linear):
     thick = add_volume(scene, ct_voxels(), OBLIQUE)
     transform = scene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "registration")
     to_parent = affine(rotation([0.0, 0.0, 1.0], 10.0), (1.0, 1.0, 1.0), (5.0, -3.0, 12.0))
@@ -281,11 +270,11 @@ def test_linear_transform_output_keeps_it_or_hardens_it(scene):
     assert parent_transform_kind(thick) == "linear"
     np.testing.assert_allclose(volume_geometry(thick, harden_transform=True), to_parent @ OBLIQUE, atol=1e-9)
 
-    kept = super_resolve_volume(thick, LinearStandIn(), card_for(), CPU).output
+    kept = run(thick, linear).output
     assert kept.GetTransformNodeID() == transform.GetID()
     np.testing.assert_allclose(ijk_to_ras(kept), thin_grid(OBLIQUE, 6, RATIO).affine, atol=1e-9)
 
-    hardened = super_resolve_volume(thick, LinearStandIn(), card_for(), CPU, harden_transform=True).output
+    hardened = run(thick, linear, harden_transform=True).output
     assert hardened.GetTransformNodeID() is None
     np.testing.assert_allclose(
         ijk_to_ras(hardened), thin_grid(to_parent @ OBLIQUE, 6, RATIO).affine, atol=1e-9
@@ -295,7 +284,7 @@ def test_linear_transform_output_keeps_it_or_hardens_it(scene):
     np.testing.assert_allclose(ijk_to_ras(thick), OBLIQUE)
 
 
-def test_inputs_that_are_not_ct_volumes_are_refused(scene):
+def test_inputs_that_are_not_ct_volumes_are_refused(scene, linear):
     labels = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "labels")
     empty = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "empty")
     vectors = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", "rgb")
@@ -309,63 +298,54 @@ def test_inputs_that_are_not_ct_volumes_are_refused(scene):
         check_input_volume(empty)
     thick = add_volume(scene, ct_voxels(), AXIAL)
     with pytest.raises(VolumeNodeError, match="output volume is the input volume"):
-        super_resolve_volume(thick, LinearStandIn(), card_for(), CPU, output_node=thick)
+        run(thick, linear, output_node=thick)
     with pytest.raises(VolumeNodeError, match="output labels is not a scalar volume"):
-        super_resolve_volume(thick, LinearStandIn(), card_for(), CPU, output_node=labels)
+        run(thick, linear, output_node=labels)
 
 
-def test_slices_already_thin_are_refused_and_far_spacing_is_reported(scene):
+def test_slices_already_thin_are_refused_and_far_spacing_is_reported(scene, linear):
     thin_input = add_volume(scene, ct_voxels(), affine(np.eye(3), (0.8, 0.8, 1.0), (0, 0, 0)))
     before = volume_count(scene)
-    with pytest.raises(GeometryError, match="already as thin"):
-        super_resolve_volume(thin_input, LinearStandIn(), card_for(), CPU)
+    with pytest.raises(ChildError, match="already as thin"):
+        run(thin_input, linear)
     assert volume_count(scene) == before
     far = add_volume(scene, ct_voxels(), affine(np.eye(3), (0.8, 0.8, 12.0), (0, 0, 0)), name="far")
-    result = super_resolve_volume(far, LinearStandIn(), card_for(), CPU)
-    assert len(result.warnings) == 1 and "trained on 5 mm slices" in result.warnings[0]
-    assert result.warnings[0] in result.summary()
+    result = run(far, linear)
+    spacing = [note for note in result.warnings if "trained on 5 mm slices" in note]
+    assert len(spacing) == 1 and spacing[0] in result.summary()
+    assert any("untrained weights" in note for note in result.warnings)  # the child's warnings all arrive
 
 
-class CancelDuringFirstBatch:
-    """should_cancel / idle for the polling loop: ask to cancel while the first batch runs, then let
-    that batch finish (idle runs after the cancel request has reached the worker)."""
-
-    def __init__(self, model: GatedModel) -> None:
-        self.model, self.asked = model, False
-
-    def should_cancel(self) -> bool:
-        self.asked = self.model.calls > 0
-        return self.asked
-
-    def idle(self) -> None:
-        if self.asked:
-            self.model.gate.set()
-
-
-def test_cancel_leaves_the_scene_as_it_was(scene):
-    thick = add_volume(scene, ct_voxels((12, 16, 16)), AXIAL)
+def test_cancel_kills_the_child_within_a_second_and_leaves_the_scene_as_it_was(scene, linear):
+    thick = add_volume(scene, ct_voxels((40, 256, 256)), AXIAL)  # long enough to be caught running
     existing = add_volume(scene, np.full((2, 3, 4), 7, np.int16), FLIPPED, name="previous result")
     nodes_before = scene.GetNumberOfNodes()
     for output in (None, existing):
-        model, progress = GatedModel(tiny_tvsrn(ratio=RATIO)), []
-        canceller = CancelDuringFirstBatch(model)
-        with pytest.raises(PredictionCancelled):
-            super_resolve_volume(
+        progress: list[float] = []
+        with pytest.raises(SuperResolutionCancelled):
+            run(
                 thick,
-                model,
-                card_for(),
-                PredictOptions(device="cpu", batch=1),
+                RunSettings(device="cpu"),  # the bundled model: seconds per window on this CPU
                 output_node=output,
                 on_progress=lambda fraction, message, progress=progress: progress.append(fraction),
-                should_cancel=canceller.should_cancel,
-                idle=canceller.idle,
+                should_cancel=lambda progress=progress: bool(progress),
             )
-        assert model.calls == 1  # stopped before the second of its four windows
-        assert progress == [0.0, 0.25]
+        assert progress and progress[-1] < 1.0
         assert scene.GetNumberOfNodes() == nodes_before
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(existing), np.full((2, 3, 4), 7))
         np.testing.assert_allclose(ijk_to_ras(existing), FLIPPED)
         assert provenance(existing) == {}
+
+    job, seen = SuperResolutionJob(thick, RunSettings(device="cpu"), python=sys.executable), []
+    while not seen:
+        assert job.poll(lambda fraction, message: seen.append(fraction)) is None
+        time.sleep(0.01)
+    started = time.perf_counter()
+    job.cancel()
+    assert time.perf_counter() - started < 1.0
+    assert job.child.returncode is not None  # killed, not finished: it had 13 windows to go
+    assert not job.folder.exists()
+    assert scene.GetNumberOfNodes() == nodes_before
 
 
 def test_write_thin_volume_creates_a_displayable_node(scene):
@@ -375,3 +355,28 @@ def test_write_thin_volume_creates_a_displayable_node(scene):
     assert node.GetDisplayNode() is not None
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), voxels)
     np.testing.assert_allclose(ijk_to_ras(node), OBLIQUE)
+
+
+@pytest.mark.parametrize("source", ["phantom", "TotalSegmentator/example_ct_sm.nii.gz"])
+def test_a_run_in_the_child_equals_the_command_line_on_the_same_ct(scene, tmp_path, source):
+    """The node that Apply makes holds exactly what `volumetricsr predict` writes, voxels and geometry."""
+    if source == "phantom":
+        thin, thin_affine = chest_phantom((40, 70, 60), pixel_mm=1.5, seed=6)
+        thick, affine_ = simulate_thick(thin.astype(np.float32), thin_affine, RATIO)
+        path = write_volume(tmp_path / "thick.nrrd", np.rint(thick).astype(np.int16), affine_)
+    else:
+        path = shared_ct(source)
+    volume = read_volume(path)
+    node = add_volume(scene, volume.array, volume.affine, name="real CT")
+    result = run(node, RunSettings(device="cpu"))  # the bundled model
+
+    expected = tmp_path / "thin.nrrd"
+    assert cli_main(["predict", str(path), str(expected), "--device", "cpu", "--progress", "none"]) == 0
+    by_cli = read_volume(expected)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(result.output), by_cli.array)
+    np.testing.assert_allclose(ijk_to_ras(result.output), by_cli.affine, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(
+        ijk_to_ras(result.output), thin_grid(volume.affine, len(volume.array), 5).affine
+    )
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), volume.array)  # the input is untouched
+    assert provenance(result.output)["ModelId"] == "tvsrn-x5-publicct"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from types import SimpleNamespace
 
@@ -13,14 +14,15 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import shared_ct, tiny_tvsrn
-from VolumetricSRLib import geometry
-from VolumetricSRLib.device import DeviceError, describe_device, resolve_device
+from VolumetricSRLib import geometry, predictor
+from VolumetricSRLib.device import DeviceError, describe_device, physical_cpu_cores, resolve_device
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
 from VolumetricSRLib.network import depth_interpolation_matrix
 from VolumetricSRLib.predictor import (
     InputError,
     PredictionCancelled,
     PredictOptions,
+    bf16_cpu_supported,
     super_resolve_hu,
     super_resolve_unit,
 )
@@ -409,3 +411,57 @@ def test_gpu_prediction_with_amp_matches_cpu():
         tiny_tvsrn(ratio=2), volume, PredictOptions("cuda", tile=16, tile_overlap=4, amp=True)
     )
     np.testing.assert_allclose(on_gpu, on_cpu, atol=2e-2)
+
+
+@pytest.mark.parametrize("tile", [None, 8])
+def test_center_blend_keeps_the_central_slices_and_later_windows_overwrite(tile):
+    volume = (np.arange(13, dtype=np.float32) / 100)[:, None, None] * np.ones((1, 12, 14), np.float32)
+    options = PredictOptions(CPU, tile=tile, tile_overlap=2, depth_overlap=2, depth_blend="center")
+    thin = super_resolve_unit(WindowValueStandIn(5), volume, options)
+    # windows start at thick 0, 2, 4, 6, 8 and 9 (anchored); each keeps its central 10 of 16 slices,
+    # the first its head and the last its tail, which overwrites thin slices 48-52 of the window at 8
+    bounds = [0, 13, 23, 33, 43, 48, 61]
+    starts = [0, 2, 4, 6, 8, 9]
+    expected = np.concatenate(
+        [np.full(hi - lo, k / 100) for lo, hi, k in zip(bounds[:-1], bounds[1:], starts, strict=True)]
+    )
+    np.testing.assert_allclose(thin[:, 5, 6], expected, atol=1e-7)
+    np.testing.assert_allclose(thin, np.broadcast_to(expected[:, None, None], thin.shape), atol=1e-7)
+
+
+def test_center_blend_equals_linear_interpolation_for_a_linear_model():
+    check_volume = np.random.default_rng(9).random((11, 20, 18), dtype=np.float32)
+    options = PredictOptions(CPU, tile=12, tile_overlap=4, depth_overlap=2, depth_blend="center")
+    thin = super_resolve_unit(LinearStandIn(5), check_volume, options)
+    np.testing.assert_allclose(thin, linear_interpolation(check_volume, 5), rtol=0, atol=1e-6)
+
+
+def test_unknown_depth_blend_and_batch_are_refused():
+    volume = np.zeros((4, 8, 8), np.float32)
+    with pytest.raises(InputError, match="depth_blend must be one of"):
+        super_resolve_unit(LinearStandIn(2), volume, PredictOptions(CPU, depth_blend="max"))
+    with pytest.raises(InputError, match="batch must be at least 1"):
+        super_resolve_unit(LinearStandIn(2), volume, PredictOptions(CPU, batch=0))
+
+
+def test_chosen_batch_on_the_cpu_is_one_window():
+    model = LinearStandIn(2)
+    super_resolve_unit(model, np.zeros((10, 8, 8), np.float32), PredictOptions(CPU, batch=None))
+    assert model.input_shapes == [(1, 4, 8, 8)] * 3
+
+
+def test_cpu_bfloat16_is_close_to_float32_or_refused_with_a_reason(monkeypatch):
+    model = tiny_tvsrn(ratio=3)
+    volume = np.random.default_rng(4).random((6, 24, 24), dtype=np.float32)
+    exact = super_resolve_unit(model, volume, PredictOptions(CPU))
+    if bf16_cpu_supported():
+        fast = super_resolve_unit(model, volume, PredictOptions(CPU, cpu_bf16=True))
+        assert 0 < np.abs(fast - exact).mean() < 0.01
+    monkeypatch.setattr(predictor, "bf16_cpu_supported", lambda: False)
+    with pytest.raises(InputError, match="no native bfloat16"):
+        super_resolve_unit(model, volume, PredictOptions(CPU, cpu_bf16=True))
+
+
+def test_physical_cores_are_at_most_the_usable_cpus():
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 1 <= physical_cpu_cores() <= usable

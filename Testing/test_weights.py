@@ -13,7 +13,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from VolumetricSRLib import weights
+from VolumetricSRLib import model_cards
 from VolumetricSRLib.network import TVSRN, TVSRNConfig, count_parameters
 from VolumetricSRLib.weights import (
     CARD_FORMAT,
@@ -65,7 +65,7 @@ def bundled(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty Resources/Models folder standing in for the bundled one."""
     directory = tmp_path / "Models"
     directory.mkdir()
-    monkeypatch.setattr(weights, "bundled_models_dir", lambda: directory)
+    monkeypatch.setattr(model_cards, "bundled_models_dir", lambda: directory)
     return directory
 
 

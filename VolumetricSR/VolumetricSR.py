@@ -2,13 +2,13 @@
 
 The module, its parameter node, a thin Qt widget, the logic (no dialogs: usable from the Python
 console and `Slicer --no-main-window --python-script`) and the self-test. The work lives in
-VolumetricSRLib (the core) and VolumetricSRMRML (the MRML adapter); torch is imported on first
-use, after the widget has asked to install it.
+VolumetricSRLib (the core) and VolumetricSRMRML (the MRML adapter). The network runs in a child
+process (Slicer's own Python running the core's command line): this process never imports torch.
 """
 
 import importlib.metadata
 import logging
-import tempfile
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -29,7 +29,22 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from VolumetricSRMRML.processing import SuperResolutionResult, super_resolve_volume
+from VolumetricSRLib.child_run import ChildError, ChildRun, core_command, slicer_python
+from VolumetricSRLib.model_cards import (
+    ModelFileError,
+    NoModelError,
+    bundled_models,
+    default_model_path,
+    read_card,
+    resolve_card_path,
+)
+from VolumetricSRMRML.processing import (
+    RunSettings,
+    SuperResolutionJob,
+    SuperResolutionResult,
+    query_devices,
+    super_resolve_volume,
+)
 from VolumetricSRMRML.resources import find_resource
 from VolumetricSRMRML.review_layout import (
     REVIEW_VIEWS,
@@ -41,7 +56,6 @@ from VolumetricSRMRML.review_layout import (
     show_review,
 )
 from VolumetricSRMRML.volume_nodes import (
-    check_input_volume,
     parent_transform_kind,
     provenance,
     thin_outputs_of,
@@ -50,8 +64,11 @@ from VolumetricSRMRML.volume_nodes import (
 MODULE_DIR = Path(__file__).resolve().parent
 MODEL_FILE_CHOICE = "file"
 DEVICE_CHOICES = ["auto", "GPU", "CPU"]
-TORCH_REQUIREMENT = "torch>=2.1"
-PYTHON_REQUIREMENTS = ("safetensors>=0.4",)
+# torch 2.3 is the first built for numpy 2 (Slicer 5.10 ships numpy 2.0)
+TORCH_REQUIREMENT = "torch>=2.3"
+# what the core's command line needs besides torch in Slicer's Python
+PYTHON_REQUIREMENTS = ("safetensors>=0.4", "nibabel>=5.0", "tqdm>=4.60")
+POLL_MILLISECONDS = 100
 
 
 #
@@ -92,11 +109,12 @@ class VolumetricSRParameterNode:
     inputVolume - the thick CT.
     outputVolume - where the thin CT goes; none creates a new volume '<input> thin'.
     modelId - bundled model id, "" for the default bundled model, MODEL_FILE_CHOICE for modelFile.
-    modelFile - a model file (.safetensors or .json) on disk.
+    modelFile - a model file (.safetensors or .json) on disk, "" for none (the path field is
+        synchronised by the widget: a Path parameter would show "." when empty).
     device - "auto" (the GPU when it works, else the CPU), "GPU" or "CPU".
     tileSize - in-plane tile in pixels, 0 for whole slices.
     depthOverlap - thick slices shared by neighbouring depth windows.
-    batchSize - pieces per network call.
+    batchSize - pieces per network call, 0 to choose (1 on the CPU, from free memory on a GPU).
     halfPrecision - half precision (bfloat16, else float16) on the GPU.
     showReview - show the three-over-three review after Apply.
     """
@@ -104,11 +122,11 @@ class VolumetricSRParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     outputVolume: vtkMRMLScalarVolumeNode
     modelId: str = ""
-    modelFile: Path
+    modelFile: str = ""
     device: Annotated[str, Choice(DEVICE_CHOICES)] = "auto"
     tileSize: Annotated[int, WithinRange(0, 4096)] = 0
     depthOverlap: Annotated[int, WithinRange(1, 3)] = 1
-    batchSize: Annotated[int, WithinRange(1, 64)] = 1
+    batchSize: Annotated[int, WithinRange(0, 64)] = 0
     halfPrecision: bool = True
     showReview: bool = True
 
@@ -125,8 +143,12 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._running = False
-        self._cancelRequested = False
+        self._job: SuperResolutionJob | None = None
+        self._installing = False
+        self._deviceQuery: ChildRun | None = None
+        self._timer = qt.QTimer()
+        self._timer.setInterval(POLL_MILLISECONDS)
+        self._timer.connect("timeout()", self._onTimer)
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -140,6 +162,7 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.modelSelector.connect("currentIndexChanged(int)", self.onModelSelected)
+        self.ui.modelFileSelector.connect("currentPathChanged(QString)", self.onModelFileChanged)
         self.ui.reviewButton.connect("clicked(bool)", self.onReviewButton)
         self.ui.lungPresetButton.connect("clicked(bool)", self._presetHandler("lung"))
         self.ui.mediastinumPresetButton.connect("clicked(bool)", self._presetHandler("mediastinum"))
@@ -149,6 +172,13 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self) -> None:
+        self._timer.stop()
+        if self._job is not None:
+            self._job.cancel()
+            self._job = None
+        if self._deviceQuery is not None:
+            self._deviceQuery.kill()
+            self._deviceQuery = None
         self.removeObservers()
 
     def enter(self) -> None:
@@ -170,7 +200,7 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def initializeParameterNode(self) -> None:
         self.setParameterNode(self.logic.getParameterNode())
         if not self._parameterNode.inputVolume:
-            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            firstVolumeNode = firstPlainScalarVolume(slicer.mrmlScene)
             if firstVolumeNode:
                 self._parameterNode.inputVolume = firstVolumeNode
 
@@ -186,7 +216,7 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateButtons()
 
     def refreshModelsAndDevice(self) -> None:
-        """Fill the model list and the device line (both need PyTorch; until then, say so)."""
+        """Fill the model list (read from the cards) and start the device check in a child process."""
         self.ui.modelSelector.blockSignals(True)
         self.ui.modelSelector.clear()
         for label, modelId in self.logic.modelChoices():
@@ -195,7 +225,26 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.modelSelector.blockSignals(False)
         if self._parameterNode:
             self._selectModelItem(self._parameterNode.modelId)
-        self.ui.deviceInfoLabel.text = self.logic.deviceDescription()
+        self._startDeviceQuery()
+
+    def _startDeviceQuery(self) -> None:
+        """Ask a child process which device 'auto' would use (once; the logic caches the answer)."""
+        cached = self.logic.cachedDeviceDescription()
+        if cached is not None:
+            self.ui.deviceInfoLabel.text = cached
+            return
+        if self.logic.missingPythonPackages():
+            self.ui.deviceInfoLabel.text = _("PyTorch is not installed yet: it will be offered on Apply.")
+            return
+        if self._deviceQuery is not None:
+            return
+        try:
+            self._deviceQuery = self.logic.startDeviceQuery()
+        except ChildError as error:
+            self.ui.deviceInfoLabel.text = str(error)
+            return
+        self.ui.deviceInfoLabel.text = _("Checking for a GPU...")
+        self._timer.start()
 
     def _selectModelItem(self, modelId: str) -> None:
         index = self.ui.modelSelector.findData(modelId)
@@ -212,10 +261,16 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._parameterNode.modelId = modelId
         self._updateButtons()
 
+    def onModelFileChanged(self, path: str) -> None:
+        if self._parameterNode is not None and self._parameterNode.modelFile != path:
+            self._parameterNode.modelFile = path
+
     def _updateButtons(self, caller=None, event=None) -> None:
         params = self._parameterNode
-        if params is None or self._running:
+        if params is None or self._job is not None or self._installing:
             return
+        if self.ui.modelFileSelector.currentPath != params.modelFile:
+            self.ui.modelFileSelector.currentPath = params.modelFile
         model = self._selectedModel()
         self.ui.modelFileSelector.enabled = params.modelId == MODEL_FILE_CHOICE
         self.ui.modelInfoLabel.text = "" if model is None else self.logic.describeModel(model)
@@ -231,12 +286,9 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         params = self._parameterNode
         if params.modelId != MODEL_FILE_CHOICE:
             return params.modelId
-        path = str(params.modelFile) if params.modelFile else ""
-        return path if path not in ("", ".") else None
+        return params.modelFile or None
 
     def _setRunning(self, running: bool) -> None:
-        self._running = running
-        self._cancelRequested = False
         self.ui.inputsCollapsibleButton.enabled = not running
         self.ui.advancedCollapsibleButton.enabled = not running
         self.ui.reviewCollapsibleButton.enabled = not running
@@ -253,19 +305,20 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.format = f"{message} (%p%)"
 
     def onApplyButton(self) -> None:
-        """Apply, or Cancel while running (processing keeps the GUI alive, so this is re-entered)."""
-        if self._running:
-            self._cancelRequested = True
-            self.ui.applyButton.text = _("Cancelling...")
-            self.ui.applyButton.enabled = False
+        """Apply: start the child process; Cancel while it runs: kill it at once."""
+        if self._job is not None:
+            self._timer.stop()
+            self._job.cancel()
+            self._job = None
+            self._setRunning(False)
+            self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
             return
-        if not self._ensurePythonPackages():
+        if self._installing or not self._ensurePythonPackages():
             return
         params = self._parameterNode
         try:
             hardenTransform = self._askHardenTransform(params.inputVolume)
-            self._setRunning(True)
-            result = self.logic.process(
+            self._job = self.logic.start(
                 params.inputVolume,
                 outputVolume=params.outputVolume,
                 model=self._selectedModel(),
@@ -275,23 +328,43 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 batchSize=params.batchSize,
                 halfPrecision=params.halfPrecision,
                 hardenTransform=hardenTransform,
-                showReview=params.showReview,
-                progressCallback=self._onProgress,
-                cancelRequested=lambda: self._cancelRequested,
             )
         except Exception as error:
-            self._setRunning(False)
-            if isCancellation(error):
-                self.ui.statusLabel.text = _("Cancelled: nothing was added to the scene.")
-            else:
-                self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
-                slicer.util.errorDisplay(_("Super-resolution failed.\n\n{error}").format(error=error))
-                logging.exception("VolumetricSR failed")
+            self._showFailure(error)
             return
-        self._setRunning(False)
-        self.ui.progressBar.value = 100
-        self.ui.statusLabel.text = result.summary()
-        self.ui.deviceInfoLabel.text = self.logic.deviceDescription()
+        self._setRunning(True)
+        self._timer.start()
+
+    def _onTimer(self) -> None:
+        """On the main thread, every POLL_MILLISECONDS: the device check and the running job."""
+        if self._deviceQuery is not None and self._deviceQuery.finished:
+            self.ui.deviceInfoLabel.text = self.logic.rememberDeviceQuery(self._deviceQuery)
+            self._deviceQuery = None
+        if self._job is not None:
+            try:
+                result = self._job.poll(self._onProgress)
+            except Exception as error:
+                self._job = None
+                self._setRunning(False)
+                self._showFailure(error)
+                result = None
+            if result is not None:
+                self._job = None
+                self._setRunning(False)
+                self.ui.progressBar.value = 100
+                self.ui.statusLabel.text = result.summary()
+                logging.info(f"VolumetricSR: {result.summary()}")
+                if self._parameterNode.showReview:
+                    with slicer.util.tryWithErrorDisplay(_("The review cannot be shown.")):
+                        self.logic.showReview(self._parameterNode.inputVolume, result.output)
+        if self._job is None and self._deviceQuery is None:
+            self._timer.stop()
+
+    def _showFailure(self, error: Exception) -> None:
+        """The one-line reason in the status line and a dialog; the details in the log."""
+        self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
+        slicer.util.errorDisplay(_("Super-resolution failed.\n\n{error}").format(error=error))
+        logging.error(f"VolumetricSR failed: {error}")
 
     def _askHardenTransform(self, inputVolume) -> bool:
         """For an input under a linear transform: harden it into the output? (raises for non-linear)."""
@@ -310,6 +383,10 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         missing = self.logic.missingPythonPackages()
         if not missing:
             return True
+        restart = self.logic.restartNeededFor(missing)
+        if restart:
+            slicer.util.errorDisplay(restart)
+            return False
         if not slicer.util.confirmOkCancelDisplay(
             _(
                 "VolumetricSR needs these Python packages, which will now be downloaded and installed "
@@ -317,6 +394,10 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             ).format(packages="\n".join(missing))
         ):
             return False
+        # installers pump GUI events: keep Apply and the panel disabled until they are done
+        self._installing = True
+        self.ui.applyButton.enabled = False
+        self.ui.inputsCollapsibleButton.enabled = False
         try:
             with slicer.util.tryWithErrorDisplay(
                 _("Installing the Python packages failed."), waitCursor=True
@@ -324,6 +405,10 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.installPythonPackages()
         except Exception:
             return False
+        finally:
+            self._installing = False
+            self.ui.inputsCollapsibleButton.enabled = True
+            self._updateButtons()
         self.refreshModelsAndDevice()
         return True
 
@@ -352,12 +437,13 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return onPreset
 
 
-def isCancellation(error: BaseException) -> bool:
-    """True for the core's PredictionCancelled (matched by name: importing the predictor imports torch)."""
-    return any(
-        cls.__name__ == "PredictionCancelled" and cls.__module__ == "VolumetricSRLib.predictor"
-        for cls in type(error).__mro__
-    )
+def firstPlainScalarVolume(scene):
+    """The first scalar volume that is not a label map, vector or other specialised volume, or None."""
+    for index in range(scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode")):
+        node = scene.GetNthNodeByClass(index, "vtkMRMLScalarVolumeNode")
+        if node.GetClassName() == "vtkMRMLScalarVolumeNode":
+            return node
+    return None
 
 
 #
@@ -372,15 +458,17 @@ class DependencyError(RuntimeError):
 class VolumetricSRLogic(ScriptedLoadableModuleLogic):
     """Super-resolution of volume nodes and the thick / thin review, without any dialog.
 
-    From the Python console or a batch script:
+    The network runs in a child process under Slicer's Python. From the Python console or a
+    batch script:
         logic = VolumetricSR.VolumetricSRLogic()
         result = logic.process(slicer.util.getNode("CT"))
         slicer.util.saveNode(result.output, "/data/CT_thin.nrrd")
     """
 
+    _deviceLine: str | None = None  # shared by every logic of this Slicer session
+
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
-        self._loadedModel = None
 
     def getParameterNode(self):
         return VolumetricSRParameterNode(super().getParameterNode())
@@ -402,9 +490,34 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
                 missing.append(text)
         return missing
 
+    @staticmethod
+    def restartNeededFor(missing: list) -> str | None:
+        """Why installing `missing` now would leave a half-replaced package in memory, or None.
+
+        Another module may have imported an older torch into this Slicer: replacing it on disk
+        under the running process breaks both. Then the user restarts (or upgrades through PyTorch
+        Utils) instead.
+        """
+        for text in missing:
+            name = text.split(">")[0].split("=")[0].split("<")[0]
+            if name in sys.modules:
+                return _(
+                    "{name} {version} is already loaded in this Slicer session and must be upgraded "
+                    "({requirement}). Upgrade it with the PyTorch Utils module (for torch) or restart "
+                    "Slicer and click Apply before opening other modules that use it."
+                ).format(
+                    name=name,
+                    version=getattr(sys.modules[name], "__version__", "?"),
+                    requirement=text,
+                )
+        return None
+
     def installPythonPackages(self) -> None:
         """Install the missing packages: torch with the PyTorch extension, the others with pip. Ask first."""
         missing = self.missingPythonPackages()
+        restart = self.restartNeededFor(missing)
+        if restart:
+            raise DependencyError(restart)
         if TORCH_REQUIREMENT in missing:
             try:
                 import PyTorchUtils
@@ -433,30 +546,44 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
             raise DependencyError(
                 _("These packages are still missing: {packages}").format(packages=", ".join(still))
             )
+        VolumetricSRLogic._deviceLine = None
+
+    def cachedDeviceDescription(self) -> str | None:
+        """The device line found earlier in this session, or None."""
+        return VolumetricSRLogic._deviceLine
+
+    def startDeviceQuery(self) -> ChildRun:
+        """Start `volumetricsr devices --json` in a child process (see rememberDeviceQuery)."""
+        python = slicer_python()
+        if python is None:
+            raise ChildError(_("Slicer's Python (PythonSlicer) was not found; reinstall Slicer."))
+        return ChildRun(core_command(python, ["devices", "--json"]))
+
+    def rememberDeviceQuery(self, run: ChildRun) -> str:
+        """The device line from a finished query, cached for the session."""
+        events = [event for event in run.poll() if event.get("event") == "devices"]
+        if run.returncode != 0 or not events:
+            return _("The device check failed: {reason}").format(reason=run.failure())
+        VolumetricSRLogic._deviceLine = self._deviceLineOf(events[-1])
+        return VolumetricSRLogic._deviceLine
 
     def deviceDescription(self) -> str:
-        """Which GPU was found (or why none can be used), or that PyTorch is not installed yet."""
-        if TORCH_REQUIREMENT in self.missingPythonPackages():
-            return _("PyTorch is not installed yet: it will be offered on Apply.")
-        import torch
+        """Which GPU 'auto' would use (or why none can be), asked once from a child process."""
+        if VolumetricSRLogic._deviceLine is None:
+            if TORCH_REQUIREMENT in self.missingPythonPackages():
+                return _("PyTorch is not installed yet: it will be offered on Apply.")
+            VolumetricSRLogic._deviceLine = self._deviceLineOf(query_devices())
+        return VolumetricSRLogic._deviceLine
 
-        from VolumetricSRLib.device import DeviceError, describe_device, resolve_device
-
-        try:
-            gpu = describe_device(resolve_device("GPU"))
-        except DeviceError as error:
-            return _("No usable GPU, 'auto' runs on the CPU: {reason} (PyTorch {version})").format(
-                reason=error, version=torch.__version__
-            )
-        return _("GPU found: {gpu} (PyTorch {version})").format(gpu=gpu, version=torch.__version__)
+    @staticmethod
+    def _deviceLineOf(answer: dict) -> str:
+        return _("{line} (PyTorch {version})").format(
+            line=answer.get("line", "?"), version=answer.get("torch")
+        )
 
     def modelChoices(self) -> list:
         """(label, model id) of the bundled models, the default first ("" stands for it)."""
         choices = [(_("Default bundled model"), "")]
-        if self.missingPythonPackages():
-            return choices
-        from VolumetricSRLib.weights import bundled_models
-
         for card in bundled_models():
             label = card.name if card.trained else _("{name} (untrained)").format(name=card.name)
             choices.append((label, card.id))
@@ -464,14 +591,10 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
 
     def describeModel(self, model: str) -> str:
         """A line about the model (what it is, how it was trained), or why it cannot be used."""
-        if self.missingPythonPackages():
-            return _("The bundled models are listed once PyTorch is installed.")
-        from VolumetricSRLib.weights import ModelFileError, default_model_path, read_card, resolve_card_path
-
         try:
             path = resolve_card_path(model) if model else default_model_path()
             if path is None:
-                return _("No trained model is bundled yet: choose a model file on disk.")
+                return str(NoModelError())
             card = read_card(path)
         except ModelFileError as error:
             return str(error)
@@ -480,18 +603,30 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
             f"{card.name} ({trained}; x{card.ratio}, {card.thick_spacing_mm} mm slices). {card.description}"
         )
 
-    def loadModel(self, model: str | None = None, allowUntrained: bool = False):
-        """(network, card) of a model file, a bundled id, or the default bundled model (None / "")."""
-        from VolumetricSRLib.weights import NoModelError, default_model_path, load_model, resolve_card_path
+    def start(
+        self,
+        inputVolume,
+        outputVolume=None,
+        model: str | None = None,
+        device: str = "auto",
+        tileSize: int = 0,
+        depthOverlap: int = 1,
+        batchSize: int = 0,
+        halfPrecision: bool = True,
+        hardenTransform: bool = False,
+        allowUntrainedModel: bool = False,
+    ) -> SuperResolutionJob:
+        """Start super-resolving `inputVolume` in a child process; poll() the job from the main thread.
 
-        reference = model or default_model_path()
-        if reference is None:
-            raise NoModelError()
-        cardPath = resolve_card_path(reference)
-        key = (str(cardPath.resolve()), cardPath.stat().st_mtime_ns, allowUntrained)
-        if self._loadedModel is None or self._loadedModel[0] != key:
-            self._loadedModel = (key, load_model(cardPath, device="cpu", allow_untrained=allowUntrained))
-        return self._loadedModel[1]
+        model: a model file (.safetensors / .json), a bundled model id, or None for the default.
+        device: "auto", "GPU" or "CPU"; tileSize 0 means whole slices; batchSize 0 chooses.
+        """
+        settings = self._settings(
+            model, device, tileSize, depthOverlap, batchSize, halfPrecision, allowUntrainedModel
+        )
+        return SuperResolutionJob(
+            inputVolume, settings, output_node=outputVolume, harden_transform=hardenTransform
+        )
 
     def process(
         self,
@@ -501,7 +636,7 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         device: str = "auto",
         tileSize: int = 0,
         depthOverlap: int = 1,
-        batchSize: int = 1,
+        batchSize: int = 0,
         halfPrecision: bool = True,
         hardenTransform: bool = False,
         showReview: bool = False,
@@ -509,38 +644,19 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         progressCallback: Callable[[float, str], None] | None = None,
         cancelRequested: Callable[[], bool] | None = None,
     ) -> SuperResolutionResult:
-        """Super-resolve `inputVolume` into `outputVolume` (None: a new node '<input> thin').
+        """Super-resolve `inputVolume` into `outputVolume` (None: a new node '<input> thin'); waits.
 
-        model: a model file (.safetensors / .json), a bundled model id, or None for the default.
-        device: "auto", "GPU" or "CPU"; tileSize 0 means whole slices. An input under a linear
-        transform gives an output under the same transform, or hardened into its geometry with
-        hardenTransform; a non-linear transform is refused. Raises PredictionCancelled when
-        cancelRequested() turns true; the scene is then unchanged.
+        The arguments are those of start(). An input under a linear transform gives an output under
+        the same transform, or hardened into its geometry with hardenTransform; a non-linear
+        transform is refused. Raises SuperResolutionCancelled when cancelRequested() turns true
+        (the child is killed, the scene unchanged) and ChildError with the child's message when it fails.
         """
-        check_input_volume(inputVolume)
-        missing = self.missingPythonPackages()
-        if missing:
-            raise DependencyError(
-                _(
-                    "Missing Python packages: {packages}. Install them from the module panel (Apply asks) or "
-                    "with VolumetricSRLogic().installPythonPackages()."
-                ).format(packages=", ".join(missing))
-            )
-        from VolumetricSRLib.predictor import PredictOptions
-
-        network, card = self.loadModel(model, allowUntrained=allowUntrainedModel)
-        options = PredictOptions(
-            device=device,
-            tile=tileSize or None,
-            depth_overlap=depthOverlap,
-            batch=batchSize,
-            amp=halfPrecision,
+        settings = self._settings(
+            model, device, tileSize, depthOverlap, batchSize, halfPrecision, allowUntrainedModel
         )
         result = super_resolve_volume(
             inputVolume,
-            network,
-            card,
-            options,
+            settings,
             output_node=outputVolume,
             harden_transform=hardenTransform,
             on_progress=progressCallback,
@@ -551,6 +667,34 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         if showReview:
             self.showReview(inputVolume, result.output)
         return result
+
+    def _settings(
+        self,
+        model: str | None,
+        device: str,
+        tileSize: int,
+        depthOverlap: int,
+        batchSize: int,
+        halfPrecision: bool,
+        allowUntrainedModel: bool,
+    ) -> RunSettings:
+        missing = self.missingPythonPackages()
+        if missing:
+            raise DependencyError(
+                _(
+                    "Missing Python packages: {packages}. Install them from the module panel (Apply asks) or "
+                    "with VolumetricSRLogic().installPythonPackages()."
+                ).format(packages=", ".join(missing))
+            )
+        return RunSettings(
+            model=model or None,
+            device=device,
+            tile=tileSize or None,
+            depth_overlap=depthOverlap,
+            batch=batchSize or None,
+            amp=halfPrecision,
+            allow_untrained=allowUntrainedModel,
+        )
 
     @staticmethod
     def latestOutputOf(inputVolume):
@@ -582,7 +726,8 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
 
 
 class VolumetricSRTest(ScriptedLoadableModuleTest):
-    """Runs in Slicer: a small synthetic oblique volume, a tiny untrained model, geometry and review."""
+    """Runs in Slicer: a small synthetic oblique volume through the bundled model in a child process,
+    its geometry and the review. Without PyTorch only the scene side runs (and says so)."""
 
     def setUp(self) -> None:
         slicer.mrmlScene.Clear()
@@ -591,16 +736,7 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
         self.setUp()
         self.test_VolumetricSR_syntheticVolume()
 
-    def test_VolumetricSR_syntheticVolume(self) -> None:
-        logic = VolumetricSRLogic()
-        missing = logic.missingPythonPackages()
-        if missing:
-            self.skipTest(f"VolumetricSR needs {', '.join(missing)}; install them from the module panel")
-        self.delayDisplay("Making a synthetic thick volume and a tiny model")
-        from VolumetricSRLib.geometry import thin_grid
-        from VolumetricSRLib.network import TVSRN, TVSRNConfig
-        from VolumetricSRLib.weights import save_model
-
+    def _thickVolume(self):
         angle = np.deg2rad(20.0)
         ijkToRas = np.array(
             [
@@ -616,18 +752,24 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
         thick.CreateDefaultDisplayNodes()
         thick.GetDisplayNode().SetAutoWindowLevel(False)
         thick.GetDisplayNode().SetWindowLevel(400.0, 40.0)
-        config = TVSRNConfig.tiny(ratio=5)
+        return thick, ijkToRas, voxels
 
-        self.delayDisplay("Super-resolving")
-        with tempfile.TemporaryDirectory() as folder:
-            card = save_model(TVSRN(config), folder, id="selftest-tiny", name="Self-test", trained=False)
-            result = logic.process(
-                thick,
-                model=str(card),
-                device="CPU",
-                allowUntrainedModel=True,
-                showReview=slicer.app.layoutManager() is not None,
+    def test_VolumetricSR_syntheticVolume(self) -> None:
+        from VolumetricSRLib.geometry import thin_grid
+
+        logic = VolumetricSRLogic()
+        self.delayDisplay("Making a synthetic thick volume")
+        thick, ijkToRas, voxels = self._thickVolume()
+        self.assertIs(firstPlainScalarVolume(slicer.mrmlScene), thick)
+        missing = logic.missingPythonPackages()
+        if missing:
+            self.delayDisplay(
+                f"VolumetricSR needs {', '.join(missing)} to super-resolve (Apply offers to install them); "
+                "only the scene side was tested"
             )
+            return
+        self.delayDisplay("Super-resolving in a child process")
+        result = logic.process(thick, device="CPU", showReview=slicer.app.layoutManager() is not None)
 
         thin = result.output
         self.assertEqual(thin.GetImageData().GetDimensions(), (20, 24, 41))
@@ -637,6 +779,7 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
             slicer.util.arrayFromVTKMatrix(matrix), thin_grid(ijkToRas, 9, 5).affine, atol=1e-9
         )
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(thick), voxels)
+        self.assertNotIn("torch", sys.modules)
         self.assertEqual(thin.GetDisplayNode().GetWindow(), 400.0)
         self.assertEqual(thin.GetDisplayNode().GetLevel(), 40.0)
         self.assertEqual(provenance(thin)["SourceNodeID"], thick.GetID())

@@ -48,7 +48,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     )
     from VolumetricSRLib.predictor import PredictOptions
 
-    options = PredictOptions(device=args.device, tile=args.tile, batch=args.batch)
+    # scores in float32 on every device
+    options = PredictOptions(device=args.device, tile=args.tile, batch=args.batch, amp=False)
     model = load_for_evaluation(args.model, device="cpu")
     ratio, depth = model.network.cfg.ratio, model.network.cfg.depth
     if args.rplhr:

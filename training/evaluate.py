@@ -335,7 +335,7 @@ def validation_scores(model: TVSRN, cfg: TrainConfig, shard: tuple[int, int] = (
     net = cfg.network
     cases = _validation_cases(tuple(cfg.val_volumes), cfg.rplhr_root, net.ratio, net.depth, cfg.slab)
     device = next(model.parameters()).device
-    options = PredictOptions(device=str(device), tile=cfg.val_tile or None)
+    options = PredictOptions(device=str(device), tile=cfg.val_tile or None, amp=False)  # scores in float32
     rank, world = shard
     scores = []
     for case in cases[rank::world]:

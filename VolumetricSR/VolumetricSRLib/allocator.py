@@ -21,7 +21,7 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _GLIBC_MMAP_MAX = 65536
 _GLIBC_TRIM_THRESHOLD = 128 * 1024
-_KEPT_BYTES = 1 << 40
+_KEPT_BYTES = 2**31 - 1  # mallopt takes a C int: the largest trim threshold it can set
 
 _lock = threading.Lock()
 _active = 0

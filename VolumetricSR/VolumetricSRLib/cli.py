@@ -1,10 +1,18 @@
-"""The `volumetricsr` command: predict (super-resolve a CT file), summary (parameter counts), demo."""
+"""The `volumetricsr` command: predict (super-resolve a CT file), devices, summary (parameter counts), demo.
+
+With `--progress json`, `predict` writes one JSON object per line on stdout (the protocol that
+`child_run` follows): {"event": "progress", "fraction", "message"}, {"event": "warning", "message"},
+{"event": "fallback", "message"}, then {"event": "done", ...} or {"event": "error", "message", "code"}.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
 import time
+import traceback
 import warnings
 from functools import partial
 from pathlib import Path
@@ -15,11 +23,12 @@ from torch import nn
 from . import demo
 from .allocator import peak_rss_bytes
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
-from .device import DeviceError, describe_device, resolve_device
+from .device import DeviceError, describe_device, resolve_device, use_physical_cores
+from .fallback import super_resolve_with_fallback
 from .geometry import GeometryError, voxel_spacing
 from .intensity import to_int16_hu
 from .network import TVSRN, VARIANTS, TVSRNConfig
-from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions, super_resolve_hu
+from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
 from .volume_io import VolumeFileError, check_output_path, read_volume, write_volume
 from .weights import ModelFileError, NoModelError, default_model_path, load_model
 
@@ -47,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="volumetricsr",
         description="Super-resolve thick-slice CT (e.g. 5 mm) to thin slices (1 mm) with TVSRN.",
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="{predict,summary,demo}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{predict,devices,summary,demo}")
 
     predict = commands.add_parser(
         "predict",
@@ -92,7 +101,21 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--allow-untrained", action="store_true", help="accept untrained weights (only to test the pipeline)"
     )
+    predict.add_argument(
+        "--progress",
+        choices=("bar", "json", "none"),
+        default="bar",
+        help="bar (on a terminal), json (one JSON object per line on stdout, for programs) or none",
+    )
     predict.set_defaults(handler=run_predict)
+
+    devices = commands.add_parser(
+        "devices",
+        help="the GPU this machine offers (or why none is usable) and the CPU threads",
+        description="Say which device `--device auto` would use: the GPU found, or why none can be used.",
+    )
+    devices.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    devices.set_defaults(handler=run_devices)
 
     summary = commands.add_parser(
         "summary",
@@ -117,26 +140,47 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of `volumetricsr`; returns the exit code (0 success, 2 bad input, 1 failure)."""
     args = build_parser().parse_args(argv)
+    as_json = getattr(args, "progress", None) == "json"
     with warnings.catch_warnings():
         warnings.simplefilter("always")
-        warnings.showwarning = _print_warning
+        warnings.showwarning = _emit_warning if as_json else _print_warning
         try:
             return args.handler(args)
         except _USER_ERRORS as exc:
-            return _fail(str(exc), BAD_INPUT)
+            return _fail(str(exc), BAD_INPUT, as_json)
         except torch.cuda.OutOfMemoryError:
-            return _fail(
-                "the GPU ran out of memory; use a smaller --tile (e.g. 256), --batch 1 or --device cpu"
-            )
-        except MemoryError:
-            return _fail("out of memory; use a smaller --tile (e.g. 256) and --batch 1")
+            message = "the GPU ran out of memory; use a smaller --tile (e.g. 256), --batch 1 or --device cpu"
+            return _fail(message, FAILURE, as_json)
+        except MemoryError as exc:
+            message = str(exc) or "out of memory; use a smaller --tile (e.g. 256) and --batch 1"
+            return _fail(message, FAILURE, as_json)
         except (KeyboardInterrupt, PredictionCancelled):
-            return _fail("interrupted; nothing was written", INTERRUPTED)
+            return _fail("interrupted; nothing was written", INTERRUPTED, as_json)
+        except Exception as exc:
+            if not as_json:
+                raise
+            traceback.print_exc()  # the whole story on stderr, one line for the program that reads stdout
+            return _fail(f"{type(exc).__name__}: {exc}", FAILURE, as_json)
 
 
-def _fail(message: str, code: int = FAILURE) -> int:
+def emit(event: str, **fields) -> None:
+    """One JSON line on stdout, flushed at once."""
+    print(json.dumps({"event": event, **fields}), flush=True)
+
+
+def _fail(message: str, code: int = FAILURE, as_json: bool = False) -> int:
     print(f"error: {message}", file=sys.stderr)
+    if as_json:
+        emit("error", message=message, code=code)
     return code
+
+
+def _emit_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None, line=None
+) -> None:
+    """warnings.showwarning replacement for --progress json: a warning event and a plain line on stderr."""
+    _print_warning(message, category, filename, lineno)
+    emit("warning", message=str(message))
 
 
 def _print_warning(
@@ -149,6 +193,7 @@ def _print_warning(
 def run_predict(args: argparse.Namespace) -> int:
     """The `predict` command."""
     output = check_output_path(args.input, args.output, args.overwrite)
+    use_physical_cores()
     volume = read_volume(args.input)
     device = resolve_device(args.device)
     model_path = args.model if args.model is not None else default_model_path()
@@ -169,28 +214,77 @@ def run_predict(args: argparse.Namespace) -> int:
         cpu_bf16=args.cpu_bf16,
         depth_blend=args.depth_blend,
     )
+    as_json = args.progress == "json"
     start = time.perf_counter()
     # disable=None: the bar shows on a terminal only, not in logs of batch runs
-    with progress_bar(disable=None) as bar:
-        thin, affine = super_resolve_hu(
+    bar = progress_bar(disable=None) if args.progress == "bar" else contextlib.nullcontext()
+    with bar:
+        if as_json:
+            report = _emit_progress
+        elif args.progress == "bar":
+            report = partial(show_progress, bar)
+        else:
+            report = None
+        thin, affine, used, fallbacks = super_resolve_with_fallback(
             model,
             volume.array,
             volume.affine,
             options,
-            progress=partial(show_progress, bar),
+            on_fallback=partial(emit, "fallback") if as_json else _warn,
+            progress=report,
             window=card.window,
             trained_spacing_mm=card.thick_spacing_mm,
         )
     seconds = time.perf_counter() - start
     write_volume(output, to_int16_hu(thin), affine, overwrite=args.overwrite, input_path=args.input)
     k, j, i = thin.shape
-    spacing = " x ".join(f"{s:.3f}" for s in voxel_spacing(affine))
-    print(f"wrote {output}: {i} x {j} x {k} voxels, spacing {spacing} mm")
-    slices = f"{volume.array.shape[0]} -> {k} slices"
-    print(f"super-resolved {slices} in {seconds:.1f} s on {describe_device(device)}")
+    spacing = voxel_spacing(affine)
+    ran_on = describe_device(resolve_device(used.device))
     peak = peak_rss_bytes()
+    if as_json:
+        emit(
+            "done",
+            output=str(output),
+            shape=[i, j, k],
+            spacing_mm=[float(value) for value in spacing],
+            seconds=seconds,
+            device=ran_on,
+            fallbacks=list(fallbacks),
+            model=card.id,
+            model_sha256=card.sha256,
+            ratio=card.ratio,
+            peak_rss_bytes=peak,
+        )
+        return 0
+    print(f"wrote {output}: {i} x {j} x {k} voxels, spacing {' x '.join(f'{s:.3f}' for s in spacing)} mm")
+    print(f"super-resolved {volume.array.shape[0]} -> {k} slices in {seconds:.1f} s on {ran_on}")
     if peak is not None:
         print(f"peak memory (resident): {peak / 2**30:.2f} GiB")
+    return 0
+
+
+def _emit_progress(fraction: float, message: str) -> None:
+    emit("progress", fraction=round(float(fraction), 6), message=message)
+
+
+def _warn(message: str) -> None:
+    warnings.warn(message, stacklevel=1)
+
+
+def run_devices(args: argparse.Namespace) -> int:
+    """The `devices` command: the GPU `--device auto` would use, or why there is none."""
+    try:
+        gpu: str | None = describe_device(resolve_device("cuda"))
+        reason = None
+    except DeviceError as error:
+        gpu, reason = None, str(error)
+    threads = use_physical_cores()
+    line = f"GPU: {gpu}" if gpu else f"CPU only ({threads} threads): {reason}"
+    if args.json:
+        fields = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu, "reason": reason}
+        emit("devices", line=line, cpu_threads=threads, **fields)
+    else:
+        print(f"{line} (PyTorch {torch.__version__})")
     return 0
 
 

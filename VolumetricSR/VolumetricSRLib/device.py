@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import torch
 
 AUTO_NAMES = ("auto",)
@@ -72,3 +75,26 @@ def _usable_gpu(index: int | None) -> torch.device:
             f"the GPU {device} failed a test computation ({error}); update the driver or choose the CPU"
         ) from error
     return device
+
+
+def physical_cpu_cores() -> int:
+    """Physical cores among the CPUs this process may run on (hyper-threading siblings count once);
+    the logical CPU count where the topology cannot be read."""
+    try:
+        allowed = os.sched_getaffinity(0)
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in allowed:
+        try:
+            cores.add(Path(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list").read_text())
+        except OSError:
+            return max(1, len(allowed))
+    return max(1, len(cores))
+
+
+def use_physical_cores() -> int:
+    """Set torch's CPU threads to the physical cores unless OMP_NUM_THREADS says otherwise; the count."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        torch.set_num_threads(physical_cpu_cores())
+    return torch.get_num_threads()

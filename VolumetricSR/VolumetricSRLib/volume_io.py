@@ -7,7 +7,6 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from .geometry import voxel_spacing
@@ -79,8 +78,15 @@ def _flat_image_error(path: Path, sizes: tuple[int, ...]) -> VolumeFileError:
     )
 
 
+def _nibabel():
+    """nibabel, imported on first use: Slicer's GUI process writes and reads only NRRD."""
+    import nibabel
+
+    return nibabel
+
+
 def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    image = nib.load(path)
+    image = _nibabel().load(path)
     shape = image.shape
     if len(shape) < 3:
         raise _flat_image_error(path, shape)
@@ -184,23 +190,27 @@ def write_volume(
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{suffix}")
     try:
         if kind == "nifti":
-            _write_nifti(temporary, array, affine)
+            _write_nifti(temporary, array, affine, path.name)
         else:
             write_nrrd(temporary, array, _LPS_TO_RAS @ affine[:3, :3], _LPS_TO_RAS @ affine[:3, 3])
         os.replace(temporary, path)
     except OSError as exc:
         raise VolumeFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except (NrrdError, nib.spatialimages.HeaderDataError) as exc:
+    except NrrdError as exc:
         raise VolumeFileError(f"cannot store {array.dtype} voxels in {path.name}: {exc}") from exc
     finally:
         temporary.unlink(missing_ok=True)
     return path
 
 
-def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
-    image = nib.Nifti1Image(array.transpose(2, 1, 0), affine)
-    image.set_sform(affine, code=1)
-    image.set_qform(affine, code=1)
-    image.header.set_data_dtype(array.dtype)
-    image.header.set_xyzt_units("mm", "sec")
-    nib.save(image, path)
+def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, name: str) -> None:
+    nib = _nibabel()
+    try:
+        image = nib.Nifti1Image(array.transpose(2, 1, 0), affine)
+        image.set_sform(affine, code=1)
+        image.set_qform(affine, code=1)
+        image.header.set_data_dtype(array.dtype)
+        image.header.set_xyzt_units("mm", "sec")
+        nib.save(image, path)
+    except nib.spatialimages.HeaderDataError as exc:
+        raise VolumeFileError(f"cannot store {array.dtype} voxels in {name}: {exc}") from exc

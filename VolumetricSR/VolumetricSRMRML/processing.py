@@ -1,23 +1,27 @@
-"""Super-resolve a volume node: checks, the worker thread, then the output node (main thread only).
+"""Super-resolve a volume node in a child process, then make the output node (main thread only).
 
-Nothing in the scene changes until the worker has finished: a cancelled or failed run leaves
-no new node and an existing output node untouched.
+The input's voxels and exact IJK-to-RAS go to a private temporary folder; the core's command line
+(`volumetricsr predict ... --progress json`) runs under Slicer's own Python and reports progress;
+its thin volume comes back as a node whose geometry is the thin grid of the input's. Nothing in
+the scene changes until the child has finished: a cancelled or failed run leaves no new node, an
+existing output node untouched, and no temporary files. This module never imports torch.
 """
 
 from __future__ import annotations
 
-import warnings
+import shutil
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
-import numpy as np
 import slicer
 
-from VolumetricSRLib.geometry import SpacingWarning, check_slice_spacing, voxel_spacing
-from VolumetricSRLib.intensity import to_int16_hu
+from VolumetricSRLib.child_run import ChildError, ChildRun, core_command, slicer_python
+from VolumetricSRLib.geometry import thin_grid, voxel_spacing
+from VolumetricSRLib.volume_io import read_volume, write_volume
 
-from .inference_worker import InferenceWorker
 from .volume_nodes import (
     SOURCE_NODE_KEY,
     VolumeNodeError,
@@ -32,6 +36,42 @@ from .volume_nodes import (
     volume_geometry,
     write_thin_volume,
 )
+
+POLL_SECONDS = 0.02
+DEVICE_QUERY_SECONDS = 120.0
+
+
+class SuperResolutionCancelled(Exception):
+    """The run was cancelled: the child is gone, its files removed, the scene unchanged."""
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """What the child is asked to do: the `volumetricsr predict` options."""
+
+    model: str | None = None
+    device: str = "auto"
+    tile: int | None = None
+    depth_overlap: int = 1
+    batch: int | None = None
+    amp: bool = True
+    allow_untrained: bool = False
+
+    def arguments(self) -> list[str]:
+        """The predict options on the command line."""
+        arguments = ["--device", {"gpu": "cuda"}.get(self.device.lower(), self.device.lower())]
+        arguments += ["--depth-overlap", str(self.depth_overlap)]
+        if self.model:
+            arguments += ["--model", str(self.model)]
+        if self.tile:
+            arguments += ["--tile", str(self.tile)]
+        if self.batch:
+            arguments += ["--batch", str(self.batch)]
+        if not self.amp:
+            arguments.append("--no-amp")
+        if self.allow_untrained:
+            arguments.append("--allow-untrained")
+        return arguments
 
 
 @dataclass(frozen=True)
@@ -57,80 +97,190 @@ class SuperResolutionResult:
         )
 
 
+class SuperResolutionJob:
+    """One run: started by the constructor, advanced by `poll()`, stopped at once by `cancel()`.
+
+    `python` is the interpreter of the child (default: Slicer's PythonSlicer). An input under a
+    linear transform gives an output under the same transform, or with the transform folded into
+    its geometry when `harden_transform`; the input itself is never modified.
+    """
+
+    def __init__(
+        self,
+        input_node: slicer.vtkMRMLScalarVolumeNode,
+        settings: RunSettings,
+        *,
+        output_node: slicer.vtkMRMLScalarVolumeNode | None = None,
+        harden_transform: bool = False,
+        python: str | None = None,
+    ) -> None:
+        check_input_volume(input_node)
+        check_output_volume(input_node, output_node)
+        self._input, self._output = input_node, output_node
+        self._transform_kind = parent_transform_kind(input_node)
+        self._harden = harden_transform
+        self._affine = volume_geometry(input_node, harden_transform)
+        voxels = volume_array(input_node)
+        self._slices = int(voxels.shape[0])
+        self.warnings: list[str] = []
+        self.fallbacks: list[str] = []
+        self._done: dict | None = None
+        self._run: ChildRun | None = None
+        interpreter = python or slicer_python()
+        if interpreter is None:
+            raise ChildError("Slicer's Python (PythonSlicer) was not found beside Slicer; reinstall Slicer")
+        self.folder = Path(tempfile.mkdtemp(prefix="VolumetricSR-"))
+        try:
+            thick, self._thin_path = self.folder / "thick.nrrd", self.folder / "thin.nrrd"
+            write_volume(thick, voxels, self._affine)
+            del voxels
+            arguments = ["predict", thick, self._thin_path, "--progress", "json", *settings.arguments()]
+            self._run = ChildRun(core_command(interpreter, arguments))
+        except BaseException:
+            self._remove_folder()
+            raise
+
+    @property
+    def child(self) -> ChildRun:
+        """The child process of this job."""
+        return self._run
+
+    def poll(self, on_progress: Callable[[float, str], None] | None = None) -> SuperResolutionResult | None:
+        """Forward the child's progress; the result once it has finished, else None.
+
+        Raises ChildError with the child's one-line message when it failed (out of memory, a
+        missing model, bad input); the temporary folder is gone by then.
+        """
+        finished = self._run.finished
+        for event in self._run.poll():
+            self._take(event, on_progress)
+        if not finished:
+            return None
+        try:
+            if self._run.returncode != 0 or self._done is None:
+                raise ChildError(self._run.failure())
+            return self._finish()
+        finally:
+            self._remove_folder()
+
+    def cancel(self) -> None:
+        """Kill the child's whole process tree and remove the temporary folder."""
+        if self._run is not None:
+            self._run.kill()
+        self._remove_folder()
+
+    def _take(self, event: dict, on_progress: Callable[[float, str], None] | None) -> None:
+        kind, message = event.get("event"), str(event.get("message", ""))
+        if kind == "progress" and on_progress is not None:
+            on_progress(float(event.get("fraction", 0.0)), message)
+        elif kind == "warning":
+            self.warnings.append(message)
+        elif kind == "fallback":
+            self.fallbacks.append(message)
+            if on_progress is not None:
+                on_progress(0.0, message)
+        elif kind == "done":
+            self._done = event
+
+    def _finish(self) -> SuperResolutionResult:
+        done = self._done
+        scene = self._input.GetScene()
+        if scene is None:
+            raise VolumeNodeError("the input volume left the scene while it was being super-resolved")
+        if self._output is not None and self._output.GetScene() is None:
+            raise VolumeNodeError("the output volume left the scene while the input was being super-resolved")
+        thin = read_volume(self._thin_path).array
+        grid = thin_grid(self._affine, self._slices, int(done["ratio"]))
+        if thin.shape[0] != grid.slices:
+            raise ChildError(f"the child wrote {thin.shape[0]} slices where the thin grid has {grid.slices}")
+        created = self._output is None
+        output = write_thin_volume(
+            scene,
+            thin,
+            grid.affine,
+            name=unique_output_name(scene, self._input) if created else self._output.GetName(),
+            node=self._output,
+        )
+        keeps_transform = self._transform_kind == "linear" and not self._harden
+        output.SetAndObserveTransformNodeID(self._input.GetTransformNodeID() if keeps_transform else None)
+        copy_window_level(self._input, output)
+        if created:
+            place_beside(self._input, output)
+        set_provenance(
+            output,
+            {
+                SOURCE_NODE_KEY: self._input.GetID(),
+                "SourceName": self._input.GetName(),
+                "ModelId": done["model"],
+                "ModelSha256": done["model_sha256"],
+                "Ratio": done["ratio"],
+                "Device": done["device"],
+                "Seconds": f"{done['seconds']:.2f}",
+            },
+        )
+        spacing = voxel_spacing(grid.affine)
+        return SuperResolutionResult(
+            output=output,
+            created=created,
+            slices=int(thin.shape[0]),
+            spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            seconds=float(done["seconds"]),
+            device=str(done["device"]),
+            fallbacks=tuple(self.fallbacks),
+            warnings=tuple(self.warnings),
+        )
+
+    def _remove_folder(self) -> None:
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def super_resolve_volume(
     input_node: slicer.vtkMRMLScalarVolumeNode,
-    model: Any,
-    card: Any,
-    options: Any,
+    settings: RunSettings,
     *,
     output_node: slicer.vtkMRMLScalarVolumeNode | None = None,
     harden_transform: bool = False,
     on_progress: Callable[[float, str], None] | None = None,
     should_cancel: Callable[[], bool] | None = None,
     idle: Callable[[], None] | None = None,
+    python: str | None = None,
 ) -> SuperResolutionResult:
-    """Thick node -> thin node (new, named '<input> thin', unless `output_node` is given).
+    """Run a SuperResolutionJob to its end on this thread (for scripts and tests).
 
-    `card` is the model's ModelCard (ratio, window, thick spacing, id, sha256). An input under a
-    linear transform gives an output under the same transform, or with the transform folded into
-    its geometry when `harden_transform`; the input itself is never modified.
-    `idle()` runs on this thread while the worker computes (Slicer: process GUI events).
+    `idle()` runs between polls (Slicer: process GUI events); when `should_cancel()` turns true
+    the child is killed and SuperResolutionCancelled is raised.
     """
-    check_input_volume(input_node)
-    check_output_volume(input_node, output_node)
-    transform_kind = parent_transform_kind(input_node)
-    affine = volume_geometry(input_node, harden_transform)
-    spacing_notes = _spacing_warnings(affine, card)
-    worker = InferenceWorker(model, volume_array(input_node), affine, options, window=card.window)
-    outcome = worker.run_until_done(on_progress, should_cancel, idle)
-
-    scene = input_node.GetScene()
-    if scene is None:
-        raise VolumeNodeError("the input volume left the scene while it was being super-resolved")
-    if output_node is not None and output_node.GetScene() is None:
-        raise VolumeNodeError("the output volume left the scene while the input was being super-resolved")
-    created = output_node is None
-    thin = to_int16_hu(outcome.thin_hu)
-    output = write_thin_volume(
-        scene,
-        thin,
-        outcome.thin_affine,
-        name=unique_output_name(scene, input_node) if created else output_node.GetName(),
-        node=output_node,
+    job = SuperResolutionJob(
+        input_node, settings, output_node=output_node, harden_transform=harden_transform, python=python
     )
-    keeps_transform = transform_kind == "linear" and not harden_transform
-    output.SetAndObserveTransformNodeID(input_node.GetTransformNodeID() if keeps_transform else None)
-    copy_window_level(input_node, output)
-    if created:
-        place_beside(input_node, output)
-    set_provenance(
-        output,
-        {
-            SOURCE_NODE_KEY: input_node.GetID(),
-            "SourceName": input_node.GetName(),
-            "ModelId": card.id,
-            "ModelSha256": card.sha256,
-            "Ratio": card.ratio,
-            "Device": outcome.device,
-            "Seconds": f"{outcome.seconds:.2f}",
-        },
-    )
-    spacing = voxel_spacing(outcome.thin_affine)
-    return SuperResolutionResult(
-        output=output,
-        created=created,
-        slices=int(thin.shape[0]),
-        spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
-        seconds=outcome.seconds,
-        device=outcome.device,
-        fallbacks=outcome.fallbacks,
-        warnings=spacing_notes,
-    )
+    try:
+        while True:
+            result = job.poll(on_progress)
+            if result is not None:
+                return result
+            if should_cancel is not None and should_cancel():
+                job.cancel()
+                raise SuperResolutionCancelled("super-resolution was cancelled; the scene is unchanged")
+            if idle is not None:
+                idle()
+            time.sleep(POLL_SECONDS)
+    except BaseException:
+        job.cancel()
+        raise
 
 
-def _spacing_warnings(affine: np.ndarray, card: Any) -> tuple[str, ...]:
-    """Check the slice spacing against the model's (GeometryError when unusable); return the warnings."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", SpacingWarning)
-        check_slice_spacing(float(voxel_spacing(affine)[2]), card.thick_spacing_mm, card.ratio)
-    return tuple(str(item.message) for item in caught if issubclass(item.category, SpacingWarning))
+def query_devices(python: str | None = None, timeout: float = DEVICE_QUERY_SECONDS) -> dict:
+    """What `volumetricsr devices --json` says in a child process: {"line", "gpu", "reason", ...}."""
+    interpreter = python or slicer_python()
+    if interpreter is None:
+        raise ChildError("Slicer's Python (PythonSlicer) was not found beside Slicer; reinstall Slicer")
+    run = ChildRun(core_command(interpreter, ["devices", "--json"]))
+    try:
+        run.wait(timeout)
+    except Exception:
+        run.kill()
+        raise ChildError("the device check did not answer in time") from None
+    events = [event for event in run.poll() if event.get("event") == "devices"]
+    if run.returncode != 0 or not events:
+        raise ChildError(run.failure())
+    return events[-1]

@@ -3,7 +3,8 @@
 Top row Red / Green / Yellow, bottom row Red+ / Green+ / Yellow+, each row axial, coronal,
 sagittal. Slicer links only the views of one view group, and the layout puts the bottom row in
 group 1: the review moves it into group 0 and turns linked control on, so navigating any view
-moves its partner in the other row too. Every view is set on its own slice composite node
+moves its partner in the other row too. The user's view groups and link states come back as soon
+as the layout changes to anything else. Every view is set on its own slice composite node
 (slicer.util.setSliceViewerLayers would change all views at once).
 """
 
@@ -13,6 +14,7 @@ from collections.abc import Iterable
 
 import numpy as np
 import slicer
+import vtk
 
 THREE_OVER_THREE = slicer.vtkMRMLLayoutNode.SlicerLayoutThreeOverThreeView
 ORIENTATIONS = {"Red": "Axial", "Green": "Coronal", "Yellow": "Sagittal"}
@@ -20,6 +22,9 @@ THICK_ROW = ("Red", "Green", "Yellow")
 THIN_ROW = ("Red+", "Green+", "Yellow+")
 REVIEW_VIEWS = THICK_ROW + THIN_ROW
 REVIEW_VIEW_GROUP = 0
+
+# layout node -> (observer tag, {view name: (view group, linked control)} before the review)
+_saved_views: dict[str, tuple[int, dict[str, tuple[int, bool]]]] = {}
 
 # (window, level) in HU, the usual chest CT settings.
 WINDOW_PRESETS = {
@@ -85,7 +90,9 @@ def show_review(
     The point defaults to the centre of the thick volume. With `application_logic` (Slicer's, or
     one holding headless slice logics) every view is first fitted to its volume.
     """
-    layout_node(scene).SetViewArrangement(THREE_OVER_THREE)
+    layout = layout_node(scene)
+    layout.SetViewArrangement(THREE_OVER_THREE)
+    _restore_views_when_layout_changes(scene, layout)
     for name in REVIEW_VIEWS:
         node = slice_node(scene, name)
         node.SetOrientation(orientation_of(name))
@@ -102,6 +109,32 @@ def show_review(
     position = volume_center(thick) if world_position is None else np.asarray(list(world_position), float)
     jump_to(scene, position)
     return position
+
+
+def _restore_views_when_layout_changes(scene: slicer.vtkMRMLScene, layout: slicer.vtkMRMLLayoutNode) -> None:
+    """Remember the views' groups and link states (once per review) and put them back when the
+    layout leaves the three-over-three arrangement."""
+    key = layout.__this__
+    if key in _saved_views:
+        return
+    saved = {
+        name: (slice_node(scene, name).GetViewGroup(), bool(composite_node(scene, name).GetLinkedControl()))
+        for name in REVIEW_VIEWS
+    }
+
+    def on_layout_modified(caller, event) -> None:
+        if layout.GetViewArrangement() == THREE_OVER_THREE or key not in _saved_views:
+            return
+        tag, views = _saved_views.pop(key)
+        layout.RemoveObserver(tag)
+        for name, (group, linked) in views.items():
+            node = scene.GetSingletonNode(name, "vtkMRMLSliceNode")
+            if node is not None:
+                node.SetViewGroup(group)
+                composite_node(scene, name).SetLinkedControl(linked)
+
+    tag = layout.AddObserver(vtk.vtkCommand.ModifiedEvent, on_layout_modified)
+    _saved_views[key] = (tag, saved)
 
 
 def jump_to(scene: slicer.vtkMRMLScene, position: Iterable[float]) -> None:

@@ -1,0 +1,165 @@
+"""Run a `volumetricsr` command in a child process and follow its JSON lines; kill its whole tree.
+
+Imports neither torch nor anything of Slicer, so that Slicer's GUI process can use it. The child
+writes one JSON object per line on stdout (`volumetricsr ... --progress json`): `{"event":
+"progress", "fraction", "message"}`, `{"event": "fallback", "message"}`, `{"event": "done", ...}`
+or `{"event": "error", "message"}`. Lines that are not JSON objects and stderr are kept as a log.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from collections import deque
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+CORE_PARENT = Path(__file__).resolve().parents[1]
+"""The folder that holds VolumetricSRLib: the child finds the core through it."""
+
+KILL_WAIT_SECONDS = 1.0
+LOG_LINES = 200
+
+
+class ChildError(RuntimeError):
+    """The child process failed; the message is the child's own one-line reason."""
+
+
+def slicer_python() -> str | None:
+    """Slicer's own Python (`PythonSlicer`, on PATH inside Slicer and beside its executable), or None."""
+    found = shutil.which("PythonSlicer")
+    if found:
+        return found
+    beside = Path(sys.executable).with_name("PythonSlicer.exe" if os.name == "nt" else "PythonSlicer")
+    return str(beside) if beside.exists() else None
+
+
+def core_command(python: str, arguments: Sequence[str]) -> list[str]:
+    """The command line that runs `volumetricsr ARGUMENTS` with `python`."""
+    return [python, "-m", "VolumetricSRLib.cli", *[str(argument) for argument in arguments]]
+
+
+class ChildRun:
+    """One child process; `poll()` returns the JSON events received since the last call.
+
+    Reader threads fill a queue; `poll()`, `finished` and `kill()` are meant for one thread (in
+    Slicer, the main thread, from a timer).
+    """
+
+    def __init__(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+        environment = dict(os.environ if env is None else env)
+        path = environment.get("PYTHONPATH", "")
+        environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(CORE_PARENT), path) if p)
+        environment.setdefault("PYTHONUNBUFFERED", "1")
+        self.log: deque[str] = deque(maxlen=LOG_LINES)
+        self._events: queue.Queue[dict] = queue.Queue()
+        self._process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            encoding="utf-8",
+            errors="replace",
+            env=environment,
+            **_own_process_group(),
+        )
+        self._readers = [
+            threading.Thread(target=self._read, args=(self._process.stdout, True), daemon=True),
+            threading.Thread(target=self._read, args=(self._process.stderr, False), daemon=True),
+        ]
+        for reader in self._readers:
+            reader.start()
+
+    @property
+    def pid(self) -> int:
+        return self._process.pid
+
+    @property
+    def finished(self) -> bool:
+        """True once the child has exited and all it wrote has been read."""
+        return self._process.poll() is not None and not any(r.is_alive() for r in self._readers)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.poll()
+
+    def poll(self) -> list[dict]:
+        """The events received since the last call, oldest first; never blocks."""
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def wait(self, timeout: float | None = None) -> int:
+        """Wait for the child to exit and its output to be read; its exit code."""
+        code = self._process.wait(timeout)
+        for reader in self._readers:
+            reader.join(timeout)
+        return code
+
+    def kill(self) -> None:
+        """Kill the child and every process it started; returns once they are gone (about 1 s at most)."""
+        if self._process.poll() is None:
+            if os.name == "nt":
+                subprocess.run(
+                    ["taskkill", "/F", "/T", "/PID", str(self._process.pid)],
+                    capture_output=True,
+                    check=False,
+                )
+            else:
+                with contextlib.suppress(ProcessLookupError):  # already gone
+                    os.killpg(self._process.pid, signal.SIGKILL)
+        try:
+            self._process.wait(KILL_WAIT_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._process.kill()
+            self._process.wait(KILL_WAIT_SECONDS)
+        for reader in self._readers:
+            reader.join(KILL_WAIT_SECONDS)
+
+    def failure(self) -> str:
+        """One line that says why the child failed: its error event, else its last words."""
+        for line in reversed(self.log):
+            if line.startswith("error: "):
+                return line[len("error: ") :]
+        last = next((line for line in reversed(self.log) if line.strip()), "")
+        return last or f"the super-resolution process stopped with exit code {self.returncode}"
+
+    def _read(self, stream, parse: bool) -> None:
+        for line in stream:
+            line = line.rstrip("\r\n")
+            event = _json_event(line) if parse else None
+            if event is None:
+                self.log.append(line)
+            else:
+                if event.get("event") == "error":
+                    self.log.append(f"error: {event.get('message', '')}")
+                self._events.put(event)
+        stream.close()
+
+
+def _json_event(line: str) -> dict | None:
+    if not line.startswith("{"):
+        return None
+    try:
+        value = json.loads(line)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and "event" in value else None
+
+
+def _own_process_group() -> dict:
+    """Popen options that give the child its own process group, so that its whole tree can be killed."""
+    if os.name == "nt":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
+    return {"start_new_session": True}
