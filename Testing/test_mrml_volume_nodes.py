@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -380,3 +382,34 @@ def test_a_run_in_the_child_equals_the_command_line_on_the_same_ct(scene, tmp_pa
     )
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), volume.array)  # the input is untouched
     assert provenance(result.output)["ModelId"] == "tvsrn-x5-publicct"
+
+
+def test_the_temporary_folder_goes_on_success_and_on_error(scene, linear):
+    thick = add_volume(scene, ct_voxels(), AXIAL)
+    job = SuperResolutionJob(thick, linear, python=sys.executable)
+    assert (job.folder / "thick.nrrd").is_file()  # the input, written before the child starts
+    while (result := job.poll()) is None:
+        time.sleep(0.02)
+    assert result.output.GetScene() is scene and not job.folder.exists()
+
+    three = add_volume(scene, ct_voxels((3, 10, 12)), AXIAL, name="three slices")
+    nodes = scene.GetNumberOfNodes()
+    job = SuperResolutionJob(three, linear, python=sys.executable)
+    with pytest.raises(ChildError, match="the model needs at least 4 slices, got 3") as error:
+        while job.poll() is None:
+            time.sleep(0.02)
+    assert "Traceback" not in str(error.value)
+    assert not job.folder.exists() and scene.GetNumberOfNodes() == nodes
+
+
+def test_the_device_line_is_built_without_torch_in_this_process():
+    """What the panel shows about the GPU comes from a child; the parent never loads torch."""
+    check = (
+        "import json, sys; from VolumetricSRMRML.processing import query_devices; "
+        f"answer = query_devices({sys.executable!r}); "
+        "print(json.dumps([answer['line'], 'torch' in sys.modules]))"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "VolumetricSR")}
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, check=True)
+    line, torch_loaded = json.loads(done.stdout)
+    assert line.startswith(("GPU: ", "CPU only (")) and torch_loaded is False

@@ -87,7 +87,7 @@ def volume_geometry(node: slicer.vtkMRMLVolumeNode, harden_transform: bool = Fal
 
 
 def volume_array(node: slicer.vtkMRMLVolumeNode) -> np.ndarray:
-    """A copy of the voxels, (K, J, I): the worker thread never shares memory with the scene."""
+    """A copy of the voxels, (K, J, I): what is written for the child never shares memory with the scene."""
     return np.array(slicer.util.arrayFromVolume(node), copy=True)
 
 
