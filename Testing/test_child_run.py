@@ -34,7 +34,8 @@ def run_to_end(run: ChildRun, timeout: float = 120) -> list[dict]:
 
 def test_predict_reports_json_progress_and_a_done_event(tmp_path: Path) -> None:
     source, output = thick_phantom(tmp_path), tmp_path / "thin.nrrd"
-    run = ChildRun(core_command(PYTHON, ["predict", source, output, "--progress", "json", "--device", "cpu"]))
+    arguments = ["predict", source, output, "--progress", "json", "--device", "cpu", "--no-compress"]
+    run = ChildRun(core_command(PYTHON, arguments))
     events = run_to_end(run)
     assert run.returncode == 0, list(run.log)
 
@@ -48,6 +49,7 @@ def test_predict_reports_json_progress_and_a_done_event(tmp_path: Path) -> None:
     assert done["model"] == "tvsrn-x5-publicct" and len(done["model_sha256"]) == 64
     assert done["device"].startswith("cpu") and done["seconds"] > 0 and done["peak_rss_bytes"] > 0
     assert read_volume(output).array.shape == (36, 64, 72)
+    assert b"\nencoding: raw\n" in output.read_bytes()[:1000]  # --no-compress: no gzip for temporary files
 
 
 def test_a_failing_child_gives_its_one_line_reason(tmp_path: Path) -> None:

@@ -93,6 +93,18 @@ def test_nrrd_round_trip_is_exact_and_stored_in_lps(tmp_path: Path) -> None:
     np.testing.assert_array_equal(directions, np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3])
 
 
+def test_uncompressed_nrrd_round_trips_exactly_with_raw_data(tmp_path: Path) -> None:
+    array, affine = sample_volume(), oblique_flipped_affine()
+    raw = write_volume(tmp_path / "raw.nrrd", array, affine, compress=False)
+    assert header_field(raw, "encoding") == "raw"
+    assert raw.read_bytes().endswith(array.astype("<i2").tobytes())
+    volume = read_volume(raw)
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_array_equal(volume.affine, affine)
+    gz = write_volume(tmp_path / "gz.nrrd", array, affine)
+    np.testing.assert_array_equal(read_volume(gz).array, volume.array)
+
+
 def test_float_volume_round_trips_through_both_formats(tmp_path: Path) -> None:
     array = sample_volume(np.float32) / 7.0
     for name in ("f.nii.gz", "f.nrrd"):

@@ -191,6 +191,11 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateButtons)
 
     def onSceneStartClose(self, caller, event) -> None:
+        if self._job is not None:  # its input is going away: stop it, nothing is added
+            self._job.cancel()
+            self._job = None
+            self._setRunning(False)
+            self.ui.statusLabel.text = _("Cancelled: the scene was closed.")
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -306,8 +311,7 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         """Apply: start the child process; Cancel while it runs: kill it at once."""
-        if self._job is not None:
-            self._timer.stop()
+        if self._job is not None:  # the timer stops by itself once nothing is pending
             self._job.cancel()
             self._job = None
             self._setRunning(False)
@@ -354,7 +358,7 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.progressBar.value = 100
                 self.ui.statusLabel.text = result.summary()
                 logging.info(f"VolumetricSR: {result.summary()}")
-                if self._parameterNode.showReview:
+                if self._parameterNode is not None and self._parameterNode.showReview:
                     with slicer.util.tryWithErrorDisplay(_("The review cannot be shown.")):
                         self.logic.showReview(self._parameterNode.inputVolume, result.output)
         if self._job is None and self._deviceQuery is None:

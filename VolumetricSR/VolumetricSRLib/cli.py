@@ -99,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
     predict.add_argument(
+        "--no-compress",
+        dest="compress",
+        action="store_false",
+        help="write NRRD without gzip (faster, larger; for temporary files)",
+    )
+    predict.add_argument(
         "--allow-untrained", action="store_true", help="accept untrained weights (only to test the pipeline)"
     )
     predict.add_argument(
@@ -236,8 +242,12 @@ def run_predict(args: argparse.Namespace) -> int:
             trained_spacing_mm=card.thick_spacing_mm,
         )
     seconds = time.perf_counter() - start
-    write_volume(output, to_int16_hu(thin), affine, overwrite=args.overwrite, input_path=args.input)
-    k, j, i = thin.shape
+    thin_hu = to_int16_hu(thin)
+    del thin
+    write_volume(
+        output, thin_hu, affine, overwrite=args.overwrite, input_path=args.input, compress=args.compress
+    )
+    k, j, i = thin_hu.shape
     spacing = voxel_spacing(affine)
     ran_on = describe_device(resolve_device(used.device))
     peak = peak_rss_bytes()

@@ -102,9 +102,16 @@ def read_nrrd(path: str | Path) -> NrrdImage:
 
 
 def write_nrrd(
-    path: str | Path, array: np.ndarray, directions_lps: np.ndarray, origin_lps: np.ndarray
+    path: str | Path,
+    array: np.ndarray,
+    directions_lps: np.ndarray,
+    origin_lps: np.ndarray,
+    compress: bool = True,
 ) -> None:
-    """Write a 3D array (K, J, I) as a gzip NRRD in LPS space; directions are the columns of a 3x3."""
+    """Write a 3D array (K, J, I) as NRRD in LPS space; directions are the columns of a 3x3.
+
+    gzip by default; `compress=False` writes raw data (several times faster, for temporary files).
+    """
     if array.ndim != 3:
         raise NrrdError(f"only 3D arrays are written, got shape {array.shape}")
     dtype = np.dtype(array.dtype).newbyteorder("=")
@@ -124,14 +131,14 @@ def write_nrrd(
             f"space directions: {vectors}",
             "kinds: domain domain domain",
             "endian: little",
-            "encoding: gzip",
+            f"encoding: {'gzip' if compress else 'raw'}",
             "space origin: (" + ",".join(_number(v) for v in np.asarray(origin_lps, dtype=np.float64)) + ")",
         ]
     )
     data = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()
     with open(path, "wb") as stream:
         stream.write(header.encode("ascii") + b"\n\n")
-        stream.write(gzip.compress(data, compresslevel=6))
+        stream.write(gzip.compress(data, compresslevel=6) if compress else data)
 
 
 def _number(value: float) -> str:

@@ -172,9 +172,11 @@ def write_volume(
     affine: np.ndarray,
     overwrite: bool = False,
     input_path: str | Path | None = None,
+    compress: bool = True,
 ) -> Path:
     """Write (K, J, I) voxels with a RAS affine as NIfTI or NRRD, by extension, atomically.
 
+    `compress=False` writes NRRD data raw instead of gzip (NIfTI: the extension decides).
     The file appears complete or not at all: it is written to a hidden temporary file in the same
     folder, then renamed. NIfTI gets sform and qform code 1 (scanner); NRRD is written in LPS, gzip.
     """
@@ -192,7 +194,8 @@ def write_volume(
         if kind == "nifti":
             _write_nifti(temporary, array, affine, path.name)
         else:
-            write_nrrd(temporary, array, _LPS_TO_RAS @ affine[:3, :3], _LPS_TO_RAS @ affine[:3, 3])
+            directions, origin = _LPS_TO_RAS @ affine[:3, :3], _LPS_TO_RAS @ affine[:3, 3]
+            write_nrrd(temporary, array, directions, origin, compress=compress)
         os.replace(temporary, path)
     except OSError as exc:
         raise VolumeFileError(f"cannot write {path}: {exc.strerror or exc}") from exc

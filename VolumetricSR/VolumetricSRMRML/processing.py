@@ -132,9 +132,10 @@ class SuperResolutionJob:
         self.folder = Path(tempfile.mkdtemp(prefix="VolumetricSR-"))
         try:
             thick, self._thin_path = self.folder / "thick.nrrd", self.folder / "thin.nrrd"
-            write_volume(thick, voxels, self._affine)
+            write_volume(thick, voxels, self._affine, compress=False)
             del voxels
-            arguments = ["predict", thick, self._thin_path, "--progress", "json", *settings.arguments()]
+            arguments = ["predict", thick, self._thin_path, "--progress", "json", "--no-compress"]
+            arguments += settings.arguments()
             self._run = ChildRun(core_command(interpreter, arguments))
         except BaseException:
             self._remove_folder()
