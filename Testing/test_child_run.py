@@ -49,7 +49,9 @@ def test_predict_reports_json_progress_and_a_done_event(tmp_path: Path) -> None:
     assert done["model"] == "tvsrn-x5-publicct" and len(done["model_sha256"]) == 64
     assert done["device"].startswith("cpu") and done["seconds"] > 0 and done["peak_rss_bytes"] > 0
     assert read_volume(output).array.shape == (36, 64, 72)
-    assert b"\nencoding: raw\n" in output.read_bytes()[:1000]  # --no-compress: no gzip for temporary files
+    header = output.read_bytes()[:2000]
+    assert b"\nencoding: raw\n" in header  # --no-compress: no gzip for temporary files
+    assert b"\nVolumetricSR_synthetic:=true\n" in header and b"\nVolumetricSR_source:=thick.nrrd\n" in header
 
 
 def test_a_failing_child_gives_its_one_line_reason(tmp_path: Path) -> None:

@@ -99,6 +99,8 @@ def test_predict_real_nifti_writes_the_thin_grid(
     np.testing.assert_allclose(thin.affine, thin_grid(thick.affine, 30, 5).affine, rtol=0, atol=1e-5)
     image = nib.load(output)
     assert int(image.header["sform_code"]) == 1 and int(image.header["qform_code"]) == 1
+    assert image.header["descrip"].item().decode().startswith("SYNTHETIC thin CT")
+    assert image.header["intent_name"].item() == b"SYNTHETIC"
 
     assert thin.array.min() == WINDOW[0] and thin.array.max() <= WINDOW[1]  # the card's window clips air
     on_thick = thin.array[::5].astype(np.float32) - np.clip(thick.array, *WINDOW)

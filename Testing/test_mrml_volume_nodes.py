@@ -183,18 +183,19 @@ def test_new_output_sits_in_the_input_folder_with_provenance(scene, linear):
     thin = result.output
     card = json.loads(Path(linear.model).read_text())
 
-    assert thin.GetName() == "chest thin"
+    assert thin.GetName() == "chest thin (synthetic)"
     assert hierarchy.GetItemParent(hierarchy.GetItemByDataNode(thin)) == study
     record = provenance(thin)
     assert record["SourceNodeID"] == thick.GetID()
     assert record["SourceName"] == "chest"
+    assert record["Synthetic"] == "true"
     assert record["ModelId"] == "linear-stand-in"
     assert record["ModelSha256"] == card["sha256"]
     assert record["Ratio"] == "5"
     assert record["Device"].startswith("cpu")
     assert float(record["Seconds"]) == pytest.approx(result.seconds, abs=0.01)
     assert thin_outputs_of(scene, thick) == [thin]
-    assert "chest thin: 26 slices of 1 mm (0.8 x 0.8 mm in-plane)" in result.summary()
+    assert "chest thin (synthetic): 26 slices of 1 mm (0.8 x 0.8 mm in-plane)" in result.summary()
 
 
 def test_input_outside_the_hierarchy_is_tolerated(scene):
@@ -224,19 +225,20 @@ def test_existing_output_node_is_updated_in_place(scene, linear):
     result = run(thick, linear, output_node=target)
     assert result.output is target and not result.created
     assert volume_count(scene) == before
-    assert target.GetName() == "my output"
+    assert target.GetName() == "my output (synthetic)"
+    assert provenance(target)["Synthetic"] == "true"
     assert slicer.util.arrayFromVolume(target).shape == (26, 10, 12)
     np.testing.assert_allclose(ijk_to_ras(target), thin_grid(AXIAL, 6, RATIO).affine)
 
 
 def test_unique_output_names(scene, linear):
     thick = add_volume(scene, ct_voxels(), AXIAL, name="CT")
-    assert unique_output_name(scene, thick) == "CT thin"
+    assert unique_output_name(scene, thick) == "CT thin (synthetic)"
     first = run(thick, linear).output
     second = run(thick, linear).output
-    assert first.GetName() == "CT thin"
-    assert second.GetName() not in ("CT thin", "CT")
-    assert second.GetName().startswith("CT thin")
+    assert first.GetName() == "CT thin (synthetic)"
+    assert second.GetName() not in ("CT thin (synthetic)", "CT")
+    assert second.GetName().startswith("CT thin (synthetic)")
     assert thin_outputs_of(scene, thick) == [first, second]
 
 

@@ -22,6 +22,7 @@ from VolumetricSRLib.predictor import (
     InputError,
     PredictionCancelled,
     PredictOptions,
+    WindowWarning,
     bf16_cpu_supported,
     super_resolve_hu,
     super_resolve_unit,
@@ -204,11 +205,18 @@ def test_hu_predictor_clips_to_window_and_returns_thin_affine():
     )
     affine = np.diag([0.7, 0.7, 5.0, 1.0])
     affine[:3, 3] = (-100.0, 20.0, 33.0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         thin, thin_affine = super_resolve_hu(
             LinearStandIn(5), hu, affine, PredictOptions(CPU), trained_spacing_mm=5.0
         )
+    assert [str(w.message) for w in caught] == [
+        "90 input voxels are above 2048 HU (metal or dense contrast): the model sees them as 2048 HU and "
+        "the output holds at most 2048 HU there",
+        "90 input voxels are below -1024 HU (outside the scanned field of view, or air): the model sees "
+        "them as -1024 HU and the output holds -1024 HU or more there",
+    ]
+    assert {w.category for w in caught} == {WindowWarning}
     assert thin.shape == (21, 9, 10)
     np.testing.assert_allclose(thin[::5, 0, 0], [-1024, -1024, 0, 1000, 2048], atol=1e-3)
     np.testing.assert_allclose(thin[12, 4, 4], 400.0, atol=1e-3)

@@ -105,6 +105,39 @@ def test_uncompressed_nrrd_round_trips_exactly_with_raw_data(tmp_path: Path) -> 
     np.testing.assert_array_equal(read_volume(gz).array, volume.array)
 
 
+def test_synthetic_volumes_are_labelled_in_both_formats(tmp_path: Path) -> None:
+    array, affine = sample_volume(), oblique_flipped_affine()
+    label = {"model": "tvsrn-x5-publicct", "model_sha256": "ab" * 32, "source": "thick CT.nii.gz"}
+    nifti = write_volume(tmp_path / "thin.nii.gz", array, affine, synthetic=label)
+    header = nib.load(nifti).header
+    assert header["descrip"].item().decode() == (
+        "SYNTHETIC thin CT (VolumetricSR super-resolution), model tvsrn-x5-publicct"
+    )
+    assert header["intent_name"].item() == b"SYNTHETIC"
+    np.testing.assert_array_equal(read_volume(nifti).array, array)
+
+    nrrd = write_volume(tmp_path / "thin.nrrd", array, affine, synthetic=label)
+    assert header_field(nrrd, "encoding") == "gzip"
+    lines = nrrd.read_bytes().split(b"\n\n", 1)[0].decode().splitlines()
+    assert [line for line in lines if ":=" in line] == [
+        "VolumetricSR_synthetic:=true",
+        "VolumetricSR_description:=SYNTHETIC thin CT (VolumetricSR super-resolution), model "
+        "tvsrn-x5-publicct",
+        "VolumetricSR_model:=tvsrn-x5-publicct",
+        f"VolumetricSR_model_sha256:={'ab' * 32}",
+        "VolumetricSR_source:=thick CT.nii.gz",
+    ]
+    volume = read_volume(nrrd)
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_array_equal(volume.affine, affine)
+
+    plain = write_volume(tmp_path / "plain.nii", array, affine)
+    assert nib.load(plain).header["descrip"].item() == b""  # only what a network made is labelled
+    with pytest.raises(VolumeFileError, match="must be one line"):
+        write_volume(tmp_path / "bad.nrrd", array, affine, synthetic={"source": "two\nlines"})
+    assert not (tmp_path / "bad.nrrd").exists()
+
+
 def test_float_volume_round_trips_through_both_formats(tmp_path: Path) -> None:
     array = sample_volume(np.float32) / 7.0
     for name in ("f.nii.gz", "f.nrrd"):

@@ -107,7 +107,7 @@ class VolumetricSR(ScriptedLoadableModule):
 class VolumetricSRParameterNode:
     """
     inputVolume - the thick CT.
-    outputVolume - where the thin CT goes; none creates a new volume '<input> thin'.
+    outputVolume - where the thin CT goes; none creates a new volume '<input> thin (synthetic)'.
     modelId - bundled model id, "" for the default bundled model, MODEL_FILE_CHOICE for modelFile.
     modelFile - a model file (.safetensors or .json) on disk, "" for none (the path field is
         synchronised by the widget: a Path parameter would show "." when empty).
@@ -648,7 +648,7 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         progressCallback: Callable[[float, str], None] | None = None,
         cancelRequested: Callable[[], bool] | None = None,
     ) -> SuperResolutionResult:
-        """Super-resolve `inputVolume` into `outputVolume` (None: a new node '<input> thin'); waits.
+        """Super-resolve `inputVolume` into `outputVolume` (None: a new '<input> thin (synthetic)'); waits.
 
         The arguments are those of start(). An input under a linear transform gives an output under
         the same transform, or hardened into its geometry with hardenTransform; a non-linear

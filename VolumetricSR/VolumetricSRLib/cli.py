@@ -244,8 +244,15 @@ def run_predict(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     thin_hu = to_int16_hu(thin)
     del thin
+    synthetic = {"model": card.id, "model_sha256": card.sha256, "source": Path(args.input).name}
     write_volume(
-        output, thin_hu, affine, overwrite=args.overwrite, input_path=args.input, compress=args.compress
+        output,
+        thin_hu,
+        affine,
+        overwrite=args.overwrite,
+        input_path=args.input,
+        compress=args.compress,
+        synthetic=synthetic,
     )
     k, j, i = thin_hu.shape
     spacing = voxel_spacing(affine)

@@ -12,6 +12,7 @@ import bz2
 import gzip
 import re
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -107,11 +108,18 @@ def write_nrrd(
     directions_lps: np.ndarray,
     origin_lps: np.ndarray,
     compress: bool = True,
+    key_values: Mapping[str, str] | None = None,
 ) -> None:
     """Write a 3D array (K, J, I) as NRRD in LPS space; directions are the columns of a 3x3.
 
     gzip by default; `compress=False` writes raw data (several times faster, for temporary files).
+    `key_values` become `key:=value` lines of the header (one line each: no newlines, no ':=' in keys).
     """
+    extra = []
+    for key, value in (key_values or {}).items():
+        if ":=" in key or any(c in f"{key}{value}" for c in "\r\n"):
+            raise NrrdError(f"NRRD key/value {key!r}: {value!r} must be one line and the key without ':='")
+        extra.append(f"{key}:={value}")
     if array.ndim != 3:
         raise NrrdError(f"only 3D arrays are written, got shape {array.shape}")
     dtype = np.dtype(array.dtype).newbyteorder("=")
@@ -133,6 +141,7 @@ def write_nrrd(
             "endian: little",
             f"encoding: {'gzip' if compress else 'raw'}",
             "space origin: (" + ",".join(_number(v) for v in np.asarray(origin_lps, dtype=np.float64)) + ")",
+            *extra,
         ]
     )
     data = np.ascontiguousarray(array, dtype=dtype.newbyteorder("<")).tobytes()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -59,6 +60,10 @@ class PredictOptions:
     cpu_bf16: bool = False
     depth_blend: str = "mean"
     reuse_memory: bool = True
+
+
+class WindowWarning(UserWarning):
+    """Some input voxels lie outside the model's HU window and are clipped to it."""
 
 
 class InputError(ValueError):
@@ -189,10 +194,31 @@ def super_resolve_hu(
         raise geometry.GeometryError("the voxel-to-world matrix must be a 4 x 4 array of numbers") from error
     grid = geometry.thin_grid(thick_affine, volume.shape[0], ratio)
     geometry.check_slice_spacing(float(geometry.voxel_spacing(thick_affine)[2]), trained_spacing_mm, ratio)
+    _warn_outside_window(volume, window)
     thin = super_resolve_unit(model, hu_to_unit(volume, window), options, progress, cancel)
     for z0 in range(0, thin.shape[0], HU_CHUNK_SLICES):
         thin[z0 : z0 + HU_CHUNK_SLICES] = unit_to_hu(thin[z0 : z0 + HU_CHUNK_SLICES], window)
     return thin, grid.affine
+
+
+def _warn_outside_window(volume: np.ndarray, window: tuple[float, float]) -> None:
+    """Say how many voxels the window clips, and what the output holds there."""
+    lo, hi = window
+    above, below = int(np.count_nonzero(volume > hi)), int(np.count_nonzero(volume < lo))
+    if above:
+        warnings.warn(
+            f"{above} input voxels are above {hi:g} HU (metal or dense contrast): the model sees them as "
+            f"{hi:g} HU and the output holds at most {hi:g} HU there",
+            WindowWarning,
+            stacklevel=3,
+        )
+    if below:
+        warnings.warn(
+            f"{below} input voxels are below {lo:g} HU (outside the scanned field of view, or air): the "
+            f"model sees them as {lo:g} HU and the output holds {lo:g} HU or more there",
+            WindowWarning,
+            stacklevel=3,
+        )
 
 
 def _predict(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,9 @@ from .nrrd import NrrdError, NrrdImage, read_nrrd, write_nrrd
 
 SUPPORTED = (".nii", ".nii.gz", ".nrrd")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+
+
+SYNTHETIC_LABEL = "SYNTHETIC thin CT (VolumetricSR super-resolution)"
 
 
 class VolumeFileError(ValueError):
@@ -173,10 +177,14 @@ def write_volume(
     overwrite: bool = False,
     input_path: str | Path | None = None,
     compress: bool = True,
+    synthetic: Mapping[str, str] | None = None,
 ) -> Path:
     """Write (K, J, I) voxels with a RAS affine as NIfTI or NRRD, by extension, atomically.
 
     `compress=False` writes NRRD data raw instead of gzip (NIfTI: the extension decides).
+    `synthetic` (e.g. {"model": id, "model_sha256": ..., "source": ...}) labels a volume made by a
+    network: NIfTI `descrip` starts with SYNTHETIC_LABEL and `intent_name` is "SYNTHETIC"; NRRD gets
+    `VolumetricSR_synthetic:=true` and one `VolumetricSR_<key>:=<value>` line per entry.
     The file appears complete or not at all: it is written to a hidden temporary file in the same
     folder, then renamed. NIfTI gets sform and qform code 1 (scanner); NRRD is written in LPS, gzip.
     """
@@ -192,24 +200,42 @@ def write_volume(
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{suffix}")
     try:
         if kind == "nifti":
-            _write_nifti(temporary, array, affine, path.name)
+            _write_nifti(temporary, array, affine, path.name, synthetic)
         else:
             directions, origin = _LPS_TO_RAS @ affine[:3, :3], _LPS_TO_RAS @ affine[:3, 3]
-            write_nrrd(temporary, array, directions, origin, compress=compress)
+            labels = None if synthetic is None else _nrrd_labels(synthetic)
+            write_nrrd(temporary, array, directions, origin, compress=compress, key_values=labels)
         os.replace(temporary, path)
     except OSError as exc:
         raise VolumeFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except NrrdError as exc:
-        raise VolumeFileError(f"cannot store {array.dtype} voxels in {path.name}: {exc}") from exc
+        raise VolumeFileError(f"cannot write {path.name}: {exc}") from exc
     finally:
         temporary.unlink(missing_ok=True)
     return path
 
 
-def _write_nifti(path: Path, array: np.ndarray, affine: np.ndarray, name: str) -> None:
+def synthetic_description(synthetic: Mapping[str, str]) -> str:
+    """One line that says a volume is synthetic and which model made it (80 characters at most)."""
+    model = synthetic.get("model", "")
+    return f"{SYNTHETIC_LABEL}, model {model}"[:80] if model else SYNTHETIC_LABEL
+
+
+def _nrrd_labels(synthetic: Mapping[str, str]) -> dict[str, str]:
+    labels = {"VolumetricSR_synthetic": "true", "VolumetricSR_description": synthetic_description(synthetic)}
+    labels.update({f"VolumetricSR_{key}": str(value) for key, value in synthetic.items()})
+    return labels
+
+
+def _write_nifti(
+    path: Path, array: np.ndarray, affine: np.ndarray, name: str, synthetic: Mapping[str, str] | None
+) -> None:
     nib = _nibabel()
     try:
         image = nib.Nifti1Image(array.transpose(2, 1, 0), affine)
+        if synthetic is not None:
+            image.header["descrip"] = synthetic_description(synthetic).encode("ascii", "replace")
+            image.header["intent_name"] = b"SYNTHETIC"
         image.set_sform(affine, code=1)
         image.set_qform(affine, code=1)
         image.header.set_data_dtype(array.dtype)

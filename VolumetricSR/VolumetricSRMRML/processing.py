@@ -31,6 +31,7 @@ from .volume_nodes import (
     parent_transform_kind,
     place_beside,
     set_provenance,
+    synthetic_name,
     unique_output_name,
     volume_array,
     volume_geometry,
@@ -202,6 +203,8 @@ class SuperResolutionJob:
             name=unique_output_name(scene, self._input) if created else self._output.GetName(),
             node=self._output,
         )
+        if not created:  # the user's node says what it now holds
+            output.SetName(synthetic_name(output.GetName()))
         keeps_transform = self._transform_kind == "linear" and not self._harden
         output.SetAndObserveTransformNodeID(self._input.GetTransformNodeID() if keeps_transform else None)
         copy_window_level(self._input, output)
@@ -211,6 +214,7 @@ class SuperResolutionJob:
             output,
             {
                 SOURCE_NODE_KEY: self._input.GetID(),
+                "Synthetic": "true",
                 "SourceName": self._input.GetName(),
                 "ModelId": done["model"],
                 "ModelSha256": done["model_sha256"],

@@ -10,6 +10,7 @@ as the layout changes to anything else. Every view is set on its own slice compo
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 
 import numpy as np
@@ -23,8 +24,9 @@ THIN_ROW = ("Red+", "Green+", "Yellow+")
 REVIEW_VIEWS = THICK_ROW + THIN_ROW
 REVIEW_VIEW_GROUP = 0
 
-# layout node -> (observer tag, {view name: (view group, linked control)} before the review)
-_saved_views: dict[str, tuple[int, dict[str, tuple[int, bool]]]] = {}
+# {view name: [view group, linked control]} before the review, kept on the layout node
+SAVED_VIEWS_ATTRIBUTE = "VolumetricSR.ViewsBeforeReview"
+_watched_layouts: set[str] = set()  # layout nodes with a restoring observer
 
 # (window, level) in HU, the usual chest CT settings.
 WINDOW_PRESETS = {
@@ -112,29 +114,35 @@ def show_review(
 
 
 def _restore_views_when_layout_changes(scene: slicer.vtkMRMLScene, layout: slicer.vtkMRMLLayoutNode) -> None:
-    """Remember the views' groups and link states (once per review) and put them back when the
-    layout leaves the three-over-three arrangement."""
-    key = layout.__this__
-    if key in _saved_views:
-        return
-    saved = {
-        name: (slice_node(scene, name).GetViewGroup(), bool(composite_node(scene, name).GetLinkedControl()))
-        for name in REVIEW_VIEWS
-    }
+    """Remember the views' groups and link states before the first review (an attribute of the
+    layout node) and put them back when the layout leaves the three-over-three arrangement."""
+    if layout.GetAttribute(SAVED_VIEWS_ATTRIBUTE) is None:
+        saved = {
+            name: [
+                slice_node(scene, name).GetViewGroup(),
+                bool(composite_node(scene, name).GetLinkedControl()),
+            ]
+            for name in REVIEW_VIEWS
+        }
+        layout.SetAttribute(SAVED_VIEWS_ATTRIBUTE, json.dumps(saved))
+    elif layout.__this__ in _watched_layouts:
+        return  # this review follows another: what was saved first is the user's
 
     def on_layout_modified(caller, event) -> None:
-        if layout.GetViewArrangement() == THREE_OVER_THREE or key not in _saved_views:
+        text = layout.GetAttribute(SAVED_VIEWS_ATTRIBUTE)
+        if layout.GetViewArrangement() == THREE_OVER_THREE or text is None:
             return
-        tag, views = _saved_views.pop(key)
         layout.RemoveObserver(tag)
-        for name, (group, linked) in views.items():
+        _watched_layouts.discard(layout.__this__)
+        layout.RemoveAttribute(SAVED_VIEWS_ATTRIBUTE)
+        for name, (group, linked) in json.loads(text).items():
             node = scene.GetSingletonNode(name, "vtkMRMLSliceNode")
             if node is not None:
                 node.SetViewGroup(group)
                 composite_node(scene, name).SetLinkedControl(linked)
 
     tag = layout.AddObserver(vtk.vtkCommand.ModifiedEvent, on_layout_modified)
-    _saved_views[key] = (tag, saved)
+    _watched_layouts.add(layout.__this__)
 
 
 def jump_to(scene: slicer.vtkMRMLScene, position: Iterable[float]) -> None:

@@ -109,10 +109,18 @@ def write_thin_volume(
     return node
 
 
+SYNTHETIC_SUFFIX = " (synthetic)"
+
+
 def unique_output_name(scene: slicer.vtkMRMLScene, input_node: slicer.vtkMRMLNode) -> str:
-    """'<input> thin', made unique in the scene."""
-    name = f"{input_node.GetName()} thin"
+    """'<input> thin (synthetic)', made unique in the scene."""
+    name = f"{input_node.GetName()} thin{SYNTHETIC_SUFFIX}"
     return name if scene.GetFirstNodeByName(name) is None else scene.GenerateUniqueName(name)
+
+
+def synthetic_name(name: str) -> str:
+    """`name` with ' (synthetic)' added unless it already says synthetic."""
+    return name if "synthetic" in name.lower() else f"{name}{SYNTHETIC_SUFFIX}"
 
 
 def copy_window_level(source: slicer.vtkMRMLVolumeNode, target: slicer.vtkMRMLVolumeNode) -> bool:
