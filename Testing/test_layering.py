@@ -1,0 +1,44 @@
+"""Imports only point down: the core never imports Slicer, Qt, VTK or training; the MRML adapter
+never imports Qt; the modules Slicer's GUI process loads never import torch at module level."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO
+
+CORE = REPO / "VolumetricSR" / "VolumetricSRLib"
+MRML = REPO / "VolumetricSR" / "VolumetricSRMRML"
+
+
+def imported_roots(path: Path, top_level_only: bool = False) -> set[str]:
+    """First component of every module a file imports (anywhere in it, or at module level only)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    nodes = tree.body if top_level_only else ast.walk(tree)
+    roots = set()
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            roots.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            roots.add(node.module.split(".")[0])
+    return roots
+
+
+@pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda p: p.name)
+def test_the_core_imports_no_slicer_qt_vtk_or_training(path: Path) -> None:
+    assert not imported_roots(path) & {"slicer", "qt", "ctk", "vtk", "training", "VolumetricSRMRML"}
+
+
+@pytest.mark.parametrize("path", sorted(MRML.glob("*.py")), ids=lambda p: p.name)
+def test_the_mrml_adapter_imports_no_qt_and_no_torch(path: Path) -> None:
+    assert not imported_roots(path) & {"qt", "ctk", "training", "torch", "safetensors"}
+
+
+@pytest.mark.parametrize(
+    "name", ["child_run.py", "model_cards.py", "network_config.py", "volume_io.py", "geometry.py", "nrrd.py"]
+)
+def test_what_the_gui_process_loads_of_the_core_needs_no_torch(name: str) -> None:
+    assert not imported_roots(CORE / name, top_level_only=True) & {"torch", "safetensors", "nibabel"}
