@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import csv
-import os
-import secrets
 from pathlib import Path
+
+from VolumetricSRLib.atomic import atomic_path
 
 LOG_FIELDS = ("step", "loss", "linear_loss", "lr", "seconds", "val_psnr", "val_ssim")
 
@@ -70,11 +70,9 @@ def plot_curves(log_path: str | Path, png_path: str | Path) -> Path | None:
     else:
         axes[2].set(title="validation: none yet")
     png_path = Path(png_path)
-    temporary = png_path.with_name(f".{png_path.name}.{secrets.token_hex(4)}.partial")
     try:
-        figure.savefig(temporary, format="png", dpi=90)
-        os.replace(temporary, png_path)
+        with atomic_path(png_path) as temporary:
+            figure.savefig(temporary, format="png", dpi=90)
     finally:
         plt.close(figure)
-        temporary.unlink(missing_ok=True)
     return png_path

@@ -15,8 +15,6 @@ import csv
 import io
 import json
 import math
-import os
-import secrets
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -30,6 +28,7 @@ from training.export import network_from_checkpoint
 from training.pseudo_pairs import make_pseudo_pair
 from training.rplhr import DatasetError, check_split, load_pair
 from training.trainer import state_digest
+from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from VolumetricSRLib.interpolation import interpolate_slices
@@ -306,14 +305,7 @@ def write_results(rows: list[dict], summary: dict, out_dir: str | Path, model_la
     }
     written = []
     for name, text in texts.items():
-        path = out / name
-        temporary = path.with_name(f".{name}.{secrets.token_hex(4)}.partial")
-        try:
-            temporary.write_text(text, encoding="utf-8")
-            os.replace(temporary, path)
-        finally:
-            temporary.unlink(missing_ok=True)
-        written.append(path)
+        written.append(write_text_atomically(out / name, text))
     return written
 
 

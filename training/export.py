@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import secrets
 from pathlib import Path
 
 import torch
@@ -19,6 +17,7 @@ from training.config import SCHEDULE_KEYS
 from training.curves import logged_seconds, read_log
 from training.rplhr import case_name, read_geometry
 from training.trainer import state_digest
+from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 from VolumetricSRLib.volume_io import read_volume
@@ -178,13 +177,7 @@ def export_checkpoint(
     if state_digest(loaded) != state_digest(network):
         raise RuntimeError(f"{card_path} does not load back to the checkpoint's weights")
     if set_default:
-        marker = Path(out_dir) / DEFAULT_MARKER
-        temporary = marker.with_name(f".{marker.name}.{secrets.token_hex(4)}.partial")
-        try:
-            temporary.write_text(id + "\n", encoding="utf-8")
-            os.replace(temporary, marker)
-        finally:
-            temporary.unlink(missing_ok=True)
+        write_text_atomically(Path(out_dir) / DEFAULT_MARKER, id + "\n")
     return card_path
 
 

@@ -26,6 +26,7 @@ from tqdm import tqdm
 from training.config import SCHEDULE_KEYS, TrainConfig, learning_differences
 from training.curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
 from training.data import PairSampler, PseudoPairSampler, load_thin_volumes
+from VolumetricSRLib.atomic import atomic_path
 from VolumetricSRLib.device import describe_device, resolve_device
 from VolumetricSRLib.network import TVSRN, l1_loss
 
@@ -148,10 +149,8 @@ class Trainer:
             "lineage": json.dumps(self.lineage),
             "unlogged_losses": torch.tensor(self.unlogged, dtype=torch.float64).reshape(-1, 2),
         }
-        path = self.checkpoint_path(name)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        with atomic_path(self.checkpoint_path(name)) as temporary:
+            torch.save(state, temporary)
         if name == "last":
             self.plot()
 
@@ -378,12 +377,10 @@ class Trainer:
         if path.exists():  # keep the rows up to the resumed step, drop those of a lost segment
             with open(path, newline="") as old:
                 rows = [row for row in csv.DictReader(old) if int(row["step"]) <= self.step]
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w", newline="") as handle:
+        with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
             writer = csv.DictWriter(handle, LOG_FIELDS)
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, path)
         return open(path, "a", newline="")
 
     def _open_tensorboard(self) -> None:

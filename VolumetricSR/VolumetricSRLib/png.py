@@ -9,13 +9,14 @@ the coronal and sagittal planes, anterior on the left of the sagittal plane).
 from __future__ import annotations
 
 import os
-import secrets
 import struct
 import zlib
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from .atomic import write_bytes_atomically
 
 LUNG_WINDOW = (-1350.0, 150.0)
 ACCENT_RGB = (240, 150, 40)
@@ -71,14 +72,7 @@ def write_png(path: str | os.PathLike, image: np.ndarray, overwrite: bool = Fals
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
     data = encode_png(image)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        with open(temporary, "xb") as stream:
-            stream.write(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
+    return write_bytes_atomically(path, data)
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import os
-import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .geometry import voxel_spacing
 from .nrrd import NrrdError, NrrdImage, read_nrrd, write_nrrd
 
@@ -197,21 +197,18 @@ def write_volume(
         raise VolumeFileError("the voxel-to-world matrix must be a finite 4 x 4 matrix")
     kind = file_kind(path)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial{suffix}")
     try:
-        if kind == "nifti":
-            _write_nifti(temporary, array, affine, path.name, synthetic)
-        else:
-            directions, origin = _LPS_TO_RAS @ affine[:3, :3], _LPS_TO_RAS @ affine[:3, 3]
-            labels = None if synthetic is None else _nrrd_labels(synthetic)
-            write_nrrd(temporary, array, directions, origin, compress=compress, key_values=labels)
-        os.replace(temporary, path)
+        with atomic_path(path, suffix) as temporary:
+            if kind == "nifti":
+                _write_nifti(temporary, array, affine, path.name, synthetic)
+            else:
+                directions, origin = _LPS_TO_RAS @ affine[:3, :3], _LPS_TO_RAS @ affine[:3, 3]
+                labels = None if synthetic is None else _nrrd_labels(synthetic)
+                write_nrrd(temporary, array, directions, origin, compress=compress, key_values=labels)
     except OSError as exc:
         raise VolumeFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
     except NrrdError as exc:
         raise VolumeFileError(f"cannot write {path.name}: {exc}") from exc
-    finally:
-        temporary.unlink(missing_ok=True)
     return path
 
 

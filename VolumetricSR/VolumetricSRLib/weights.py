@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import secrets
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
+from .atomic import write_bytes_atomically
 from .intensity import HU_MAX, HU_MIN
 from .model_cards import (
     CARD_FORMAT,
@@ -112,18 +111,9 @@ def save_model(
     )
     check_card(card, f"the card of {id}")
     text = json.dumps(card.to_dict(), indent=2, allow_nan=False) + "\n"
-    _write_atomically(weights_path, blob)
-    _write_atomically(card_path, text.encode("utf-8"))
+    write_bytes_atomically(weights_path, blob)
+    write_bytes_atomically(card_path, text.encode("utf-8"))
     return card_path
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.partial")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
 
 
 def load_model(
