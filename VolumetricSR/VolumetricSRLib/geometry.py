@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .checks import is_positive_whole_number
+
 
 class GeometryError(ValueError):
     """The input's geometry cannot be super-resolved."""
@@ -35,7 +37,7 @@ def thin_slice_count(thick_slices: int, ratio: int) -> int:
 
 def thin_grid(thick_affine: np.ndarray, thick_slices: int, ratio: int) -> ThinGrid:
     """Thin grid of a thick volume: slice axis divided by r, origin and in-plane axes untouched."""
-    if not isinstance(ratio, (int, np.integer)) or isinstance(ratio, bool) or ratio < 1:
+    if not is_positive_whole_number(ratio):
         raise GeometryError(f"the ratio must be a positive integer, got {ratio!r}")
     affine = np.asarray(thick_affine, dtype=np.float64)
     validate_affine(affine)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
+from .checks import is_positive_whole_number
 from .geometry import thin_slice_count
 from .network import depth_interpolation_matrix
 
@@ -27,7 +28,7 @@ def interpolate_slices(thick: np.ndarray, ratio: int, order: int) -> np.ndarray:
         raise ValueError(f"interpolation needs a (K, J, I) volume, got shape {thick.shape}")
     if thick.shape[0] < 2:
         raise ValueError(f"interpolation needs at least 2 slices, got {thick.shape[0]}")
-    if not isinstance(ratio, (int, np.integer)) or isinstance(ratio, bool) or ratio < 1:
+    if not is_positive_whole_number(ratio):
         raise ValueError(f"the ratio must be a positive integer, got {ratio!r}")
     if order not in ORDERS:
         raise ValueError(f"order must be 1 (linear) or 3 (cubic), got {order!r}")

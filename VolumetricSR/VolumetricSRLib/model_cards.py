@@ -14,6 +14,7 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .checks import is_positive_whole_number
 from .network_config import TVSRNConfig
 
 CARD_FORMAT = "volumetricsr-model/1"
@@ -103,7 +104,7 @@ def check_card(card: ModelCard, source: str) -> int:
     ratio = card.ratio
     if isinstance(ratio, float) and ratio.is_integer():
         ratio = int(ratio)
-    if not isinstance(ratio, int) or isinstance(ratio, bool) or ratio < 1:
+    if not is_positive_whole_number(ratio):
         problems.append(f"ratio {card.ratio!r} is not a positive whole number")
     for name in ("thick_spacing_mm", "thin_spacing_mm"):
         value = getattr(card, name)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .checks import is_positive_whole_number
+
 TISSUE_HU = {
     "air": -1000.0,
     "lung": -850.0,
@@ -141,7 +143,7 @@ def truth_slices(thick_slices: int, ratio: int) -> slice:
 
 
 def _odd_ratio(ratio: int) -> int:
-    if not isinstance(ratio, (int, np.integer)) or isinstance(ratio, bool) or ratio < 1:
+    if not is_positive_whole_number(ratio):
         raise ValueError(f"the ratio must be a positive integer, got {ratio!r}")
     if ratio % 2 == 0:
         raise ValueError(

@@ -25,6 +25,7 @@ from torch import nn
 
 from . import geometry
 from .allocator import reuse_freed_memory
+from .checks import is_whole_number
 from .device import describe_device, resolve_device
 from .intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 
@@ -359,7 +360,7 @@ def _model_shape(model: nn.Module) -> tuple[int, int]:
     """(D, r) from model.cfg."""
     cfg = getattr(model, "cfg", None)
     depth, ratio = getattr(cfg, "depth", None), getattr(cfg, "ratio", None)
-    if not (_is_int(depth) and depth >= 2 and _is_int(ratio) and ratio >= 1):
+    if not (is_whole_number(depth) and depth >= 2 and is_whole_number(ratio) and ratio >= 1):
         raise TypeError("the model needs a cfg with integer depth (>= 2) and ratio (>= 1), like TVSRN")
     return int(depth), int(ratio)
 
@@ -401,21 +402,21 @@ def _check_unit_range(volume: np.ndarray) -> None:
 
 def _check_options(options: PredictOptions, depth: int) -> None:
     if options.tile is not None:
-        if not _is_int(options.tile) or options.tile < MIN_TILE:
+        if not is_whole_number(options.tile) or options.tile < MIN_TILE:
             raise InputError(f"tile {options.tile!r} is too small; use at least {MIN_TILE} pixels, or None")
         if options.tile < 2 * options.tile_overlap:
             raise InputError(
                 f"tile {options.tile} is smaller than twice the tile overlap ({options.tile_overlap}); "
                 f"use a tile of at least {2 * options.tile_overlap} pixels or a smaller tile_overlap"
             )
-    if not _is_int(options.tile_overlap) or options.tile_overlap < 0:
+    if not is_whole_number(options.tile_overlap) or options.tile_overlap < 0:
         raise InputError(f"tile_overlap must be a whole number >= 0, got {options.tile_overlap!r}")
-    if not _is_int(options.depth_overlap) or not 1 <= options.depth_overlap < depth:
+    if not is_whole_number(options.depth_overlap) or not 1 <= options.depth_overlap < depth:
         raise InputError(
             f"depth_overlap must be between 1 and {depth - 1} for windows of {depth} slices, got "
             f"{options.depth_overlap!r}; with 0 the thin slices between two windows would be missing"
         )
-    if options.batch is not None and (not _is_int(options.batch) or options.batch < 1):
+    if options.batch is not None and (not is_whole_number(options.batch) or options.batch < 1):
         raise InputError(f"batch must be at least 1 (or None to choose it), got {options.batch!r}")
     if options.depth_blend not in DEPTH_BLENDS:
         raise InputError(f"depth_blend must be one of {DEPTH_BLENDS}, got {options.depth_blend!r}")
@@ -429,10 +430,6 @@ def _checked_window(window: tuple[float, float]) -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
         raise InputError(f"the HU window must satisfy low < high, got ({lo}, {hi})")
     return lo, hi
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _no_progress(fraction: float, message: str) -> None:
