@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -160,6 +161,29 @@ def test_config_errors_name_the_problem(tmp_path):
         load_config(None, ["stepz=3"])
     shipped = load_config(REPO / "training" / "configs" / "shared_ct_tvsrn.toml", ["steps=10"])
     assert shipped.steps == 10 and shipped.model == {"output": "residual"}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train_volumes=ct.nii.gz", "train_volumes must be a list, got 'ct.nii.gz'"),
+        ("lr=abc", "lr must be a number, got 'abc'"),
+        ("steps=1.5", "steps must be a whole number, got 1.5"),
+        ("steps=true", "steps must be a whole number, got True"),
+        ("flip=1", "flip must be true or false, got 1"),
+        ("device=3", "device must be text, got 3"),
+    ],
+)
+def test_settings_of_the_wrong_type_are_refused(override, message):
+    with pytest.raises(ValueError, match=re.escape(message)) as error:
+        load_config(None, [override])
+    assert "Python syntax" in str(error.value)
+
+
+def test_settings_are_normalised_to_their_field_types():
+    cfg = load_config(None, ["lr=1", "crop=(4, 32, 32)", 'train_volumes=["a.nii.gz"]'])
+    assert cfg.lr == 1.0 and isinstance(cfg.lr, float)
+    assert cfg.crop == [4, 32, 32] and cfg.train_volumes == ["a.nii.gz"]
 
 
 def test_the_shipped_second_phase_continues_the_first_on_the_same_data():

@@ -57,6 +57,7 @@ class TrainConfig:
     write_digests: bool = False
 
     def __post_init__(self) -> None:
+        self._check_types()
         TVSRNConfig.from_dict(self.model)
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
@@ -75,6 +76,24 @@ class TrainConfig:
         if self.train_volumes and self.rplhr_root:
             raise ValueError("give either train_volumes (pseudo pairs) or rplhr_root (real pairs), not both")
 
+    def _check_types(self) -> None:
+        """Every setting has its field's type (ints accepted as floats, tuples as lists)."""
+        problems = []
+        for item in fields(self):
+            value, kind = getattr(self, item.name), str(item.type)
+            accepted, wanted = _FIELD_TYPES[kind]
+            if not isinstance(value, accepted) or (isinstance(value, bool) and kind in ("int", "float")):
+                problems.append(f"{item.name} must be {wanted}, got {value!r}")
+            elif kind == "float":
+                setattr(self, item.name, float(value))
+            elif kind == "list":
+                setattr(self, item.name, list(value))
+        if problems:
+            raise ValueError(
+                "; ".join(problems) + " (values on the command line use Python syntax, e.g. "
+                "--set 'train_volumes=[\"ct.nii.gz\"]' --set lr=5e-4)"
+            )
+
     @property
     def network(self) -> TVSRNConfig:
         return TVSRNConfig.from_dict(self.model)
@@ -82,6 +101,16 @@ class TrainConfig:
     def to_dict(self) -> dict:
         return asdict(self)
 
+
+# field annotation -> (accepted Python types, what to say)
+_FIELD_TYPES = {
+    "str": ((str,), "text"),
+    "bool": ((bool,), "true or false"),
+    "int": ((int,), "a whole number"),
+    "float": ((int, float), "a number"),
+    "list": ((list, tuple), "a list"),
+    "dict": ((dict,), "a table"),
+}
 
 # The optimisation settings a model card reports.
 SCHEDULE_KEYS = (
