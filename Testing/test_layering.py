@@ -10,6 +10,7 @@ import pytest
 
 from conftest import REPO
 
+TRAINING = REPO / "training"
 CORE = REPO / "VolumetricSR" / "VolumetricSRLib"
 MRML = REPO / "VolumetricSR" / "VolumetricSRMRML"
 
@@ -42,3 +43,29 @@ def test_the_mrml_adapter_imports_no_qt_and_no_torch(path: Path) -> None:
 )
 def test_what_the_gui_process_loads_of_the_core_needs_no_torch(name: str) -> None:
     assert not imported_roots(CORE / name, top_level_only=True) & {"torch", "safetensors", "nibabel"}
+
+
+def training_imports(path: Path) -> set[str]:
+    """The training modules a training module imports, at module level or inside functions."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("training."):
+            found.add(node.module.split(".")[1])
+    return found
+
+
+def test_the_training_modules_import_each_other_without_a_cycle() -> None:
+    graph = {path.stem: training_imports(path) for path in TRAINING.glob("*.py")}
+    assert graph["checkpoints"] == set() and "trainer" not in graph["evaluate"] | graph["export"]
+    done: set[str] = set()
+
+    def visit(module: str, trail: tuple[str, ...]) -> None:
+        assert module not in trail, f"import cycle: {' -> '.join((*trail, module))}"
+        if module in done:
+            return
+        for imported in graph.get(module, ()):
+            visit(imported, (*trail, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())

@@ -23,11 +23,10 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
+from training.checkpoints import network_from_checkpoint, state_digest
 from training.config import TrainConfig
-from training.export import network_from_checkpoint
 from training.pseudo_pairs import make_pseudo_pair
 from training.rplhr import DatasetError, check_split, load_pair
-from training.trainer import state_digest
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu

@@ -11,38 +11,15 @@ import json
 import math
 from pathlib import Path
 
-import torch
-
+from training.checkpoints import network_from_checkpoint, state_digest
 from training.config import SCHEDULE_KEYS
 from training.curves import logged_seconds, read_log
 from training.rplhr import case_name, read_geometry
-from training.trainer import state_digest
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 from VolumetricSRLib.volume_io import read_volume
 from VolumetricSRLib.weights import DEFAULT_MARKER, load_model, save_model
-
-
-def read_checkpoint(path: str | Path) -> dict:
-    """A training checkpoint (weights only, no pickled objects), with its config decoded."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    missing = {"model", "step", "config"} - set(state)
-    if missing:
-        raise ValueError(f"{path.name} is not a training checkpoint (missing {sorted(missing)})")
-    state["config"] = json.loads(state["config"])
-    return state
-
-
-def network_from_checkpoint(path: str | Path) -> tuple[TVSRN, dict]:
-    """The trained network of a checkpoint, and the checkpoint (config decoded)."""
-    state = read_checkpoint(path)
-    network = TVSRN(TVSRNConfig.from_dict(state["config"]["model"]))
-    network.load_state_dict(state["model"])
-    return network, state
 
 
 def training_minutes(state: dict, checkpoint: Path) -> float | None:

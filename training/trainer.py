@@ -9,7 +9,6 @@ training seconds so far and the hardware used; they are written atomically and r
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import math
 import os
@@ -23,6 +22,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from training.checkpoints import read_checkpoint, state_digest
 from training.config import SCHEDULE_KEYS, TrainConfig, learning_differences
 from training.curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
 from training.data import PairSampler, PseudoPairSampler, load_thin_volumes
@@ -45,15 +45,6 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opt
     if cfg.optimizer == "adam":
         return torch.optim.Adam(model.parameters(), lr=cfg.lr)
     return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-def state_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of every tensor of a state_dict, in key order: equal digests mean equal weights."""
-    digest = hashlib.sha256()
-    for key, value in sorted(model.state_dict().items()):
-        digest.update(key.encode())
-        digest.update(value.detach().cpu().contiguous().numpy().tobytes())
-    return digest.hexdigest()
 
 
 class DistributedContext:
@@ -159,8 +150,8 @@ class Trainer:
         path = path or self.checkpoint_path("last")
         if not path.exists():
             return False
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        saved = json.loads(state["config"])
+        state = read_checkpoint(path, self.device)
+        saved = state["config"]
         self._check_model(saved, path)
         changed = learning_differences(saved, self.cfg.to_dict())
         if changed:
@@ -193,8 +184,8 @@ class Trainer:
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"init_from checkpoint not found: {path}")
-        state = torch.load(path, map_location=self.device, weights_only=True)
-        saved = json.loads(state["config"])
+        state = read_checkpoint(path, self.device)
+        saved = state["config"]
         self._check_model(saved, path)
         self.model.load_state_dict(state["model"])
         this_run = {
