@@ -14,7 +14,13 @@ import pytest
 from conftest import shared_ct
 from VolumetricSRLib.geometry import GeometryError, validate_affine
 from VolumetricSRLib.nrrd import read_nrrd
-from VolumetricSRLib.volume_io import VolumeFileError, check_output_path, read_volume, write_volume
+from VolumetricSRLib.volume_io import (
+    VolumeFileError,
+    check_output_path,
+    read_geometry,
+    read_volume,
+    write_volume,
+)
 
 
 def oblique_flipped_affine() -> np.ndarray:
@@ -136,6 +142,24 @@ def test_synthetic_volumes_are_labelled_in_both_formats(tmp_path: Path) -> None:
     with pytest.raises(VolumeFileError, match="must be one line"):
         write_volume(tmp_path / "bad.nrrd", array, affine, synthetic={"source": "two\nlines"})
     assert not (tmp_path / "bad.nrrd").exists()
+
+
+def test_geometry_comes_from_the_header_alone(tmp_path: Path) -> None:
+    array, affine = sample_volume(), oblique_flipped_affine()
+    for name in ("g.nii", "g.nrrd"):
+        path = write_volume(tmp_path / name, array, affine)
+        shape, read_affine = read_geometry(path)
+        assert shape == array.shape
+        np.testing.assert_allclose(read_affine, read_volume(path).affine, rtol=0, atol=0)
+    nifti = tmp_path / "g.nii"
+    nifti.write_bytes(nifti.read_bytes()[:400])  # the header survives, the voxels do not
+    with pytest.raises(VolumeFileError):
+        read_volume(nifti)
+    assert read_geometry(nifti)[0] == array.shape
+    four_d = tmp_path / "4d.nii"
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 6, 2), np.int16), np.eye(4)), four_d)
+    with pytest.raises(VolumeFileError, match="not a single 3D volume"):
+        read_geometry(four_d)
 
 
 def test_float_volume_round_trips_through_both_formats(tmp_path: Path) -> None:

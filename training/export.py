@@ -14,11 +14,10 @@ from pathlib import Path
 from training.checkpoints import network_from_checkpoint, state_digest
 from training.config import SCHEDULE_KEYS
 from training.curves import logged_seconds, read_log
-from training.rplhr import case_name, read_geometry
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
-from VolumetricSRLib.volume_io import read_volume
+from VolumetricSRLib.volume_io import read_geometry
 from VolumetricSRLib.weights import DEFAULT_MARKER, load_model, save_model
 
 
@@ -36,10 +35,7 @@ def training_minutes(state: dict, checkpoint: Path) -> float | None:
 def slice_spacing_mm(path: str | Path) -> float | None:
     """Slice spacing of a volume file (header only for NIfTI); None when it cannot be read now."""
     try:
-        if case_name(Path(path)) is not None:
-            _, affine = read_geometry(Path(path))
-        else:
-            affine = read_volume(path).affine
+        _, affine = read_geometry(path)
     except (ValueError, OSError):
         return None
     return round(float(voxel_spacing(affine)[2]), 4)

@@ -13,10 +13,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 
 from training.data import CROP_TRIES, PairSampler, downsample_inplane
+from VolumetricSRLib import volume_io
 from VolumetricSRLib.geometry import thin_grid, voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
 from VolumetricSRLib.volume_io import read_volume
@@ -124,13 +124,9 @@ def case_name(path: Path) -> str | None:
 def read_geometry(path: Path) -> tuple[tuple[int, int, int], np.ndarray]:
     """Shape (K, J, I) and voxel-to-world affine of a NIfTI file, from its header only."""
     try:
-        image = nib.load(path)
-    except Exception as exc:  # nibabel raises many types for a damaged file
-        raise PairMismatch(f"{path.name} is unreadable ({exc})") from exc
-    shape = image.shape
-    if len(shape) < 3 or math.prod(shape[3:]) > 1:
-        raise PairMismatch(f"{path.name} is not a single 3D volume (shape {shape})")
-    return (shape[2], shape[1], shape[0]), np.asarray(image.affine, dtype=np.float64)
+        return volume_io.read_geometry(path)
+    except volume_io.VolumeFileError as exc:
+        raise PairMismatch(str(exc)) from exc
 
 
 def match_pair(

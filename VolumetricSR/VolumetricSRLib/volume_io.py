@@ -75,6 +75,23 @@ def read_volume(path: str | Path) -> Volume:
     return Volume(array=array, affine=affine, path=path)
 
 
+def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
+    """Shape (K, J, I) and voxel-to-world affine of a volume file, without its voxels for NIfTI
+    (its header alone is read); an NRRD file is read whole. Errors as read_volume's."""
+    path = Path(path)
+    if file_kind(path) != "nifti" or not path.is_file():
+        volume = read_volume(path)
+        return volume.array.shape, volume.affine
+    try:
+        image = _nibabel().load(path)
+    except Exception as exc:  # nibabel raises many types for a damaged file
+        raise VolumeFileError(f"cannot read {path.name}: the file is unreadable or corrupt ({exc})") from exc
+    shape = image.shape
+    if len(shape) < 3 or int(np.prod(shape[3:])) > 1 or 1 in shape[:3]:
+        raise VolumeFileError(f"{path.name} is not a single 3D volume (shape {shape})")
+    return (shape[2], shape[1], shape[0]), np.asarray(image.affine, dtype=np.float64)
+
+
 def _flat_image_error(path: Path, sizes: tuple[int, ...]) -> VolumeFileError:
     return VolumeFileError(
         f"{path.name} is a 2D image ({' x '.join(map(str, sizes))} voxels); super-resolution needs a 3D "
