@@ -29,7 +29,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from VolumetricSRLib.child_run import ChildError, ChildRun, core_command, slicer_python
+from VolumetricSRLib.child_run import ChildError, ChildRun
 from VolumetricSRLib.model_cards import (
     ModelFileError,
     NoModelError,
@@ -42,8 +42,10 @@ from VolumetricSRMRML.processing import (
     RunSettings,
     SuperResolutionJob,
     SuperResolutionResult,
+    device_answer,
     query_devices,
-    super_resolve_volume,
+    run_to_end,
+    start_device_query,
 )
 from VolumetricSRMRML.resources import find_resource
 from VolumetricSRMRML.review_layout import (
@@ -568,17 +570,15 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
 
     def startDeviceQuery(self) -> ChildRun:
         """Start `volumetricsr devices --json` in a child process (see rememberDeviceQuery)."""
-        python = slicer_python()
-        if python is None:
-            raise ChildError(_("Slicer's Python (PythonSlicer) was not found; reinstall Slicer."))
-        return ChildRun(core_command(python, ["devices", "--json"]))
+        return start_device_query()
 
     def rememberDeviceQuery(self, run: ChildRun) -> str:
         """The device line from a finished query, cached for the session."""
-        events = [event for event in run.poll() if event.get("event") == "devices"]
-        if run.returncode != 0 or not events:
-            return _("The device check failed: {reason}").format(reason=run.failure())
-        VolumetricSRLogic._deviceLine = self._deviceLineOf(events[-1])
+        try:
+            answer = device_answer(run)
+        except ChildError as error:
+            return _("The device check failed: {reason}").format(reason=error)
+        VolumetricSRLogic._deviceLine = self._deviceLineOf(answer)
         return VolumetricSRLogic._deviceLine
 
     def deviceDescription(self) -> str:
@@ -635,8 +635,22 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         model: a model file (.safetensors / .json), a bundled model id, or None for the default.
         device: "auto", "GPU" or "CPU"; tileSize 0 means whole slices; batchSize 0 chooses.
         """
-        settings = self._settings(
-            model, device, tileSize, depthOverlap, batchSize, halfPrecision, allowUntrainedModel
+        missing = self.missingPythonPackages()
+        if missing:
+            raise DependencyError(
+                _(
+                    "Missing Python packages: {packages}. Install them from the module panel (Apply asks) or "
+                    "with VolumetricSRLogic().installPythonPackages()."
+                ).format(packages=", ".join(missing))
+            )
+        settings = RunSettings(
+            model=model or None,
+            device=device,
+            tile=tileSize or None,
+            depth_overlap=depthOverlap,
+            batch=batchSize or None,
+            amp=halfPrecision,
+            allow_untrained=allowUntrainedModel,
         )
         return SuperResolutionJob(
             inputVolume, settings, output_node=outputVolume, harden_transform=hardenTransform
@@ -665,50 +679,23 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         transform is refused. Raises SuperResolutionCancelled when cancelRequested() turns true
         (the child is killed, the scene unchanged) and ChildError with the child's message when it fails.
         """
-        settings = self._settings(
-            model, device, tileSize, depthOverlap, batchSize, halfPrecision, allowUntrainedModel
-        )
-        result = super_resolve_volume(
+        job = self.start(
             inputVolume,
-            settings,
-            output_node=outputVolume,
-            harden_transform=hardenTransform,
-            on_progress=progressCallback,
-            should_cancel=cancelRequested,
-            idle=slicer.app.processEvents,
+            outputVolume,
+            model,
+            device,
+            tileSize,
+            depthOverlap,
+            batchSize,
+            halfPrecision,
+            hardenTransform,
+            allowUntrainedModel,
         )
+        result = run_to_end(job, progressCallback, cancelRequested, idle=slicer.app.processEvents)
         logging.info(f"VolumetricSR: {result.summary()}")
         if showReview:
             self.showReview(inputVolume, result.output)
         return result
-
-    def _settings(
-        self,
-        model: str | None,
-        device: str,
-        tileSize: int,
-        depthOverlap: int,
-        batchSize: int,
-        halfPrecision: bool,
-        allowUntrainedModel: bool,
-    ) -> RunSettings:
-        missing = self.missingPythonPackages()
-        if missing:
-            raise DependencyError(
-                _(
-                    "Missing Python packages: {packages}. Install them from the module panel (Apply asks) or "
-                    "with VolumetricSRLogic().installPythonPackages()."
-                ).format(packages=", ".join(missing))
-            )
-        return RunSettings(
-            model=model or None,
-            device=device,
-            tile=tileSize or None,
-            depth_overlap=depthOverlap,
-            batch=batchSize or None,
-            amp=halfPrecision,
-            allow_untrained=allowUntrainedModel,
-        )
 
     @staticmethod
     def latestOutputOf(inputVolume):

@@ -274,9 +274,9 @@ def _predict(
                 raise RuntimeError(f"the model returned shape {tuple(outputs.shape)}, expected {expected}")
             predictions = outputs.float().cpu().numpy()
             for index, (w, r, c) in enumerate(batch):
-                _k0, r0, c0 = _piece_origin(tiling, (w, r, c))
+                k0, r0, c0 = _piece_origin(tiling, (w, r, c))
                 lo, hi = kept[w]
-                first_slice = lo - ratio * tiling.depth_starts[w]
+                first_slice = lo - ratio * k0
                 target = thin[lo:hi, r0 : r0 + th, c0 : c0 + tw]
                 if options.depth_blend == "center" and r == 0 and c == 0:
                     thin[lo:hi] = 0.0  # later windows overwrite what earlier ones kept here

@@ -127,9 +127,7 @@ class SuperResolutionJob:
         self.fallbacks: list[str] = []
         self._done: dict | None = None
         self._run: ChildRun | None = None
-        interpreter = python or slicer_python()
-        if interpreter is None:
-            raise ChildError("Slicer's Python (PythonSlicer) was not found beside Slicer; reinstall Slicer")
+        interpreter = child_python(python)
         self.folder = Path(tempfile.mkdtemp(prefix="VolumetricSR-"))
         try:
             thick, self._thin_path = self.folder / "thick.nrrd", self.folder / "thin.nrrd"
@@ -258,13 +256,22 @@ def super_resolve_volume(
     job = SuperResolutionJob(
         input_node, settings, output_node=output_node, harden_transform=harden_transform, python=python
     )
+    return run_to_end(job, on_progress, should_cancel, idle)
+
+
+def run_to_end(
+    job: SuperResolutionJob,
+    on_progress: Callable[[float, str], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    idle: Callable[[], None] | None = None,
+) -> SuperResolutionResult:
+    """Poll a started job on this thread until it has its result; any error or a cancel kills it."""
     try:
         while True:
             result = job.poll(on_progress)
             if result is not None:
                 return result
             if should_cancel is not None and should_cancel():
-                job.cancel()
                 raise SuperResolutionCancelled("super-resolution was cancelled; the scene is unchanged")
             if idle is not None:
                 idle()
@@ -274,18 +281,33 @@ def super_resolve_volume(
         raise
 
 
-def query_devices(python: str | None = None, timeout: float = DEVICE_QUERY_SECONDS) -> dict:
-    """What `volumetricsr devices --json` says in a child process: {"line", "gpu", "reason", ...}."""
+def child_python(python: str | None = None) -> str:
+    """`python`, else Slicer's PythonSlicer; ChildError when there is none."""
     interpreter = python or slicer_python()
     if interpreter is None:
         raise ChildError("Slicer's Python (PythonSlicer) was not found beside Slicer; reinstall Slicer")
-    run = ChildRun(core_command(interpreter, ["devices", "--json"]))
+    return interpreter
+
+
+def start_device_query(python: str | None = None) -> ChildRun:
+    """Start `volumetricsr devices --json` in a child process; read it with device_answer."""
+    return ChildRun(core_command(child_python(python), ["devices", "--json"]))
+
+
+def device_answer(run: ChildRun) -> dict:
+    """The answer of a finished device query: {"line", "gpu", "reason", "torch", ...}; ChildError if none."""
+    events = [event for event in run.poll() if event.get("event") == "devices"]
+    if run.returncode != 0 or not events:
+        raise ChildError(run.failure())
+    return events[-1]
+
+
+def query_devices(python: str | None = None, timeout: float = DEVICE_QUERY_SECONDS) -> dict:
+    """What `volumetricsr devices --json` says in a child process, waited for here."""
+    run = start_device_query(python)
     try:
         run.wait(timeout)
     except Exception:
         run.kill()
         raise ChildError("the device check did not answer in time") from None
-    events = [event for event in run.poll() if event.get("event") == "devices"]
-    if run.returncode != 0 or not events:
-        raise ChildError(run.failure())
-    return events[-1]
+    return device_answer(run)
