@@ -10,6 +10,7 @@ import warnings
 import zlib
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -207,6 +208,10 @@ def test_demo_with_a_model_scores_its_prediction(tmp_path, tiny_model):
         assert result.scores["prediction"][metric] == pytest.approx(result.scores["linear"][metric], abs=1e-4)
     _check_output_geometry(out, 8, (48, 48), with_prediction=True)
     predicted = read_volume(out / "predicted.nii.gz").array
+    descriptions = {
+        name: nib.load(out / f"{name}.nii.gz").header["descrip"].item() for name in ("predicted", "cubic")
+    }
+    assert descriptions["predicted"].startswith(b"SYNTHETIC thin CT") and descriptions["cubic"] == b""
     linear = np.rint(interpolate_slices(read_volume(out / "thick.nii.gz").array, 5, 1))
     assert np.abs(predicted - linear).max() <= 1
     report = demo.format_report(result)

@@ -198,7 +198,10 @@ def run_demo(
         arrays["prediction"] = to_int16_hu(results["prediction"])
     out.mkdir(parents=True, exist_ok=True)
     for name, array in arrays.items():
-        write_volume(targets[name], array, affines.get(name, grid.affine), overwrite=overwrite)
+        synthetic = {"model": card.id, "model_sha256": card.sha256} if name == "prediction" else None
+        write_volume(
+            targets[name], array, affines.get(name, grid.affine), overwrite=overwrite, synthetic=synthetic
+        )
     write_png(targets["review"], montage, overwrite=overwrite)
     return DemoResult(
         scores=scores,
