@@ -54,7 +54,7 @@ def thin_volume(args: argparse.Namespace, thick, thick_affine):
     """(thin HU, thin affine, what made it)."""
     if args.interpolation:
         return (
-            interpolate_slices(thick, RATIO, order=3),
+            interpolate_slices(thick, RATIO, "cubic"),
             thin_grid(thick_affine, thick.shape[0], RATIO).affine,
             ("cubic slice interpolation (stand-in)"),
         )

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 
 from conftest import shared_ct
-from training.evaluate import evaluate, load_for_evaluation, pseudo_cases
-from training.trainer import state_digest
+from volumetricsr_training.evaluate import evaluate, load_for_evaluation, pseudo_cases
+from volumetricsr_training.trainer import state_digest
 from VolumetricSRLib.predictor import PredictOptions
 from VolumetricSRLib.weights import default_model_path, load_model
 

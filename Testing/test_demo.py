@@ -212,7 +212,7 @@ def test_demo_with_a_model_scores_its_prediction(tmp_path, tiny_model):
         name: nib.load(out / f"{name}.nii.gz").header["descrip"].item() for name in ("predicted", "cubic")
     }
     assert descriptions["predicted"].startswith(b"SYNTHETIC thin CT") and descriptions["cubic"] == b""
-    linear = np.rint(interpolate_slices(read_volume(out / "thick.nii.gz").array, 5, 1))
+    linear = np.rint(interpolate_slices(read_volume(out / "thick.nii.gz").array, 5, "linear"))
     assert np.abs(predicted - linear).max() <= 1
     report = demo.format_report(result)
     assert "TVSRN (tiny-linear)" in report and "prediction took" in report

@@ -1,4 +1,4 @@
-"""Imports only point down: the core never imports Slicer, Qt, VTK or training; the MRML adapter
+"""Imports only point down: the core never imports Slicer, Qt, VTK or the training package; the MRML adapter
 never imports Qt; the modules Slicer's GUI process loads never import torch at module level."""
 
 from __future__ import annotations
@@ -30,12 +30,19 @@ def imported_roots(path: Path, top_level_only: bool = False) -> set[str]:
 
 @pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda p: p.name)
 def test_the_core_imports_no_slicer_qt_vtk_or_training(path: Path) -> None:
-    assert not imported_roots(path) & {"slicer", "qt", "ctk", "vtk", "training", "VolumetricSRMRML"}
+    assert not imported_roots(path) & {
+        "slicer",
+        "qt",
+        "ctk",
+        "vtk",
+        "volumetricsr_training",
+        "VolumetricSRMRML",
+    }
 
 
 @pytest.mark.parametrize("path", sorted(MRML.glob("*.py")), ids=lambda p: p.name)
 def test_the_mrml_adapter_imports_no_qt_and_no_torch(path: Path) -> None:
-    assert not imported_roots(path) & {"qt", "ctk", "training", "torch", "safetensors"}
+    assert not imported_roots(path) & {"qt", "ctk", "volumetricsr_training", "torch", "safetensors"}
 
 
 @pytest.mark.parametrize(
@@ -46,11 +53,11 @@ def test_what_the_gui_process_loads_of_the_core_needs_no_torch(name: str) -> Non
 
 
 def training_imports(path: Path) -> set[str]:
-    """The training modules a training module imports, at module level or inside functions."""
+    """The training modules a training module imports (relatively), at module level or inside functions."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("training."):
-            found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.level == 1 and node.module:
+            found.add(node.module.split(".")[0])
     return found
 
 
@@ -69,3 +76,17 @@ def test_the_training_modules_import_each_other_without_a_cycle() -> None:
 
     for module in graph:
         visit(module, ())
+
+
+def test_nothing_imports_the_training_folder_by_its_generic_name() -> None:
+    """The training package installs as `volumetricsr_training`; a bare `training` would collide."""
+    sources = [p for p in REPO.rglob("*.py") if ".venv" not in p.parts and "build" not in p.parts]
+    offenders = [p.relative_to(REPO) for p in sources if "training" in imported_roots(p)]
+    assert sources and offenders == []
+
+
+def test_the_training_package_uses_relative_imports_between_its_modules() -> None:
+    absolute = {
+        path.name for path in TRAINING.glob("*.py") if "volumetricsr_training" in imported_roots(path)
+    }
+    assert absolute == set()

@@ -11,8 +11,8 @@ import sys
 import torch
 
 from conftest import REPO, shared_ct
-from training.config import TrainConfig
-from training.trainer import state_digest
+from volumetricsr_training.config import TrainConfig
+from volumetricsr_training.trainer import state_digest
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 
 TINY = TVSRNConfig.tiny(output="residual").to_dict()  # residual, as in TrainConfig's default model settings
@@ -35,7 +35,7 @@ def test_two_gloo_processes_train_in_step(tmp_path):
     overrides = [arg for key, value in settings.items() for arg in ("--set", f"{key}={value!r}")]
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-               "-m", "training.cli", "train", *overrides]  # fmt: skip
+               "-m", "volumetricsr_training.cli", "train", *overrides]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

@@ -12,9 +12,9 @@ import pytest
 import torch
 from scipy import ndimage, signal
 
-from training.cli import main
-from training.config import TrainConfig
-from training.evaluate import (
+from volumetricsr_training.cli import main
+from volumetricsr_training.config import TrainConfig
+from volumetricsr_training.evaluate import (
     LoadedModel,
     evaluate,
     markdown_table,
@@ -24,7 +24,7 @@ from training.evaluate import (
     validate_model,
     write_results,
 )
-from training.trainer import Trainer
+from volumetricsr_training.trainer import Trainer
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 from VolumetricSRLib.predictor import PredictOptions

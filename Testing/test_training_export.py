@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import shared_ct
-from training.cli import main
-from training.config import TrainConfig
-from training.evaluate import load_for_evaluation
-from training.export import export_checkpoint, read_metrics
-from training.pseudo_pairs import make_pseudo_pair
-from training.trainer import Trainer, state_digest
+from volumetricsr_training.cli import main
+from volumetricsr_training.config import TrainConfig
+from volumetricsr_training.evaluate import load_for_evaluation
+from volumetricsr_training.export import export_checkpoint, read_metrics
+from volumetricsr_training.pseudo_pairs import make_pseudo_pair
+from volumetricsr_training.trainer import Trainer, state_digest
 from VolumetricSRLib.cli import main as core_main
 from VolumetricSRLib.intensity import to_int16_hu
 from VolumetricSRLib.network import TVSRNConfig

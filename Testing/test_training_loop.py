@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from conftest import REPO, shared_ct
-from training.config import TrainConfig, load_config
-from training.trainer import Trainer, learning_rate, state_digest
+from volumetricsr_training.config import TrainConfig, load_config
+from volumetricsr_training.trainer import Trainer, learning_rate, state_digest
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 
 TINY = TVSRNConfig.tiny().to_dict()
@@ -135,7 +135,7 @@ def test_missing_tensorboard_is_a_message_not_a_crash(tmp_path):
         argv += ["--set", f"{key}={value!r}"]
     code = (
         "import sys; sys.modules['torch.utils.tensorboard'] = None  # as if tensorboard were not installed\n"
-        f"from training.cli import main; sys.exit(main({argv!r}))"
+        f"from volumetricsr_training.cli import main; sys.exit(main({argv!r}))"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from conftest import shared_ct
-from training.data import PseudoPairSampler, ThinVolume, downsample_inplane
-from training.pseudo_pairs import make_pseudo_pair, simulate_thick_slices, slab_profile
+from volumetricsr_training.data import PseudoPairSampler, ThinVolume, downsample_inplane
+from volumetricsr_training.pseudo_pairs import make_pseudo_pair, simulate_thick_slices, slab_profile
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import hu_to_unit
 from VolumetricSRLib.phantom import simulate_thick

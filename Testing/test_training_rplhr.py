@@ -9,17 +9,17 @@ import numpy as np
 import pytest
 
 from conftest import shared_ct
-from training.cli import main
-from training.config import TrainConfig
-from training.data import BODY_LEVEL
-from training.rplhr import (
+from volumetricsr_training.cli import main
+from volumetricsr_training.config import TrainConfig
+from volumetricsr_training.data import BODY_LEVEL
+from volumetricsr_training.rplhr import (
     DatasetError,
     RealPairSampler,
     check_dataset,
     check_split,
     load_split,
 )
-from training.trainer import Trainer
+from volumetricsr_training.trainer import Trainer
 from VolumetricSRLib.network import TVSRNConfig
 from VolumetricSRLib.volume_io import read_volume, write_volume
 

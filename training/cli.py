@@ -1,6 +1,6 @@
 """`volumetricsr-train`: train, evaluate, export TVSRN models and check or make datasets.
 
-Runs the same under torchrun for DDP: `torchrun --nproc_per_node N -m training.cli train ...`.
+Runs the same under torchrun for DDP: `torchrun --nproc_per_node N -m volumetricsr_training.cli train ...`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,13 @@ from pathlib import Path
 
 import numpy as np
 
-from training.config import load_config
+from .config import load_config
 
 EXIT_PROBLEMS = 1
 
 
 def _train(args: argparse.Namespace) -> int:
-    from training.trainer import Trainer
+    from .trainer import Trainer
 
     cfg = load_config(args.config, args.set)
     trainer = Trainer(cfg)
@@ -37,7 +37,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from training.evaluate import (
+    from VolumetricSRLib.predictor import PredictOptions
+
+    from .evaluate import (
         evaluate,
         load_for_evaluation,
         markdown_table,
@@ -46,7 +48,6 @@ def _evaluate(args: argparse.Namespace) -> int:
         thin_volume_paths,
         write_results,
     )
-    from VolumetricSRLib.predictor import PredictOptions
 
     # scores in float32 on every device
     options = PredictOptions(device=args.device, tile=args.tile, batch=args.batch, amp=False)
@@ -73,7 +74,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from training.export import export_checkpoint, read_metrics
+    from .export import export_checkpoint, read_metrics
 
     card = export_checkpoint(
         args.checkpoint,
@@ -93,7 +94,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from training.rplhr import check_dataset
+    from .rplhr import check_dataset
 
     report = check_dataset(args.root, tuple(args.splits), args.ratio, args.min_slices)
     print(report.text())
@@ -101,11 +102,12 @@ def _check_data(args: argparse.Namespace) -> int:
 
 
 def _make_pairs(args: argparse.Namespace) -> int:
-    from training.evaluate import thin_volume_paths, volume_name
-    from training.pseudo_pairs import make_pseudo_pair
-    from training.rplhr import THICK_FOLDER, THIN_FOLDER
     from VolumetricSRLib.intensity import to_int16_hu
     from VolumetricSRLib.volume_io import read_volume, write_volume
+
+    from .evaluate import thin_volume_paths, volume_name
+    from .pseudo_pairs import make_pseudo_pair
+    from .rplhr import THICK_FOLDER, THIN_FOLDER
 
     rng = np.random.default_rng(args.seed)
     folders = {kind: Path(args.out) / args.split / kind for kind in (THIN_FOLDER, THICK_FOLDER)}
@@ -211,6 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--seed", type=int, default=0, help="noise seed")
     pairs.add_argument("--overwrite", action="store_true", help="replace existing files")
     pairs.set_defaults(func=_make_pairs)
+
     return parser
 
 

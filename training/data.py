@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from training.pseudo_pairs import first_matching_thin_slice, simulate_thick_slices, slab_profile
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
 from VolumetricSRLib.volume_io import read_volume
+
+from .pseudo_pairs import first_matching_thin_slice, simulate_thick_slices, slab_profile
 
 BODY_HU = -900.0
 BODY_LEVEL = float(hu_to_unit(np.array([BODY_HU]))[0])

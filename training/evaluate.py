@@ -5,7 +5,7 @@ Every method is scored on exactly the same thin slices of the same cases in one 
 (peak 1), SSIM per axial slice (11 x 11 Gaussian window, sigma 1.5) averaged over the slices
 (`VolumetricSRLib.metrics.score_volume`). The model runs through the full sliding-window
 predictor. Cases are pseudo pairs (thick simulated from a thin volume) or real pairs (matched by
-world position, see `training.rplhr`). Per-case differences are tested with a one-sided Wilcoxon
+world position, see `volumetricsr_training.rplhr`). Per-case differences are tested with a one-sided Wilcoxon
 signed-rank test (model greater than each baseline).
 """
 
@@ -23,10 +23,6 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import wilcoxon
 
-from training.checkpoints import network_from_checkpoint, state_digest
-from training.config import TrainConfig
-from training.pseudo_pairs import make_pseudo_pair
-from training.rplhr import DatasetError, check_split, load_pair
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
@@ -37,8 +33,13 @@ from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.volume_io import SUPPORTED, read_volume
 from VolumetricSRLib.weights import load_model
 
+from .checkpoints import network_from_checkpoint, state_digest
+from .config import TrainConfig
+from .pseudo_pairs import make_pseudo_pair
+from .rplhr import DatasetError, check_split, load_pair
+
 METHODS = ("model", "cubic", "linear")
-BASELINE_ORDERS = {"linear": 1, "cubic": 3}
+BASELINES = ("linear", "cubic")
 METHOD_LABELS = {"cubic": "cubic B-spline interpolation", "linear": "linear interpolation"}
 CASE_FIELDS = (
     "case",
@@ -171,8 +172,8 @@ def predictions(model: LoadedModel, case: EvalCase, options: PredictOptions) -> 
         raise RuntimeError(f"{case.name}: the prediction's grid does not lie on the truth's grid")
     unit = hu_to_unit(case.thick, model.window)
     out = {"model": thin}
-    for method, order in BASELINE_ORDERS.items():
-        out[method] = unit_to_hu(interpolate_slices(unit, case.ratio, order), model.window)
+    for method in BASELINES:
+        out[method] = unit_to_hu(interpolate_slices(unit, case.ratio, method), model.window)
     return out
 
 
@@ -222,7 +223,7 @@ def summarize(rows: list[dict]) -> dict:
             for metric in ("psnr", "ssim")
             for stat, fn in (("mean", np.mean), ("std", np.std))
         }
-    for baseline in BASELINE_ORDERS:
+    for baseline in BASELINES:
         summary["wilcoxon_greater"][baseline] = {
             f"{metric}_p": one_sided_wilcoxon(values["model"][metric], values[baseline][metric])
             for metric in ("psnr", "ssim")

@@ -11,14 +11,15 @@ import json
 import math
 from pathlib import Path
 
-from training.checkpoints import network_from_checkpoint, state_digest
-from training.config import SCHEDULE_KEYS
-from training.curves import logged_seconds, read_log
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 from VolumetricSRLib.volume_io import read_geometry
 from VolumetricSRLib.weights import DEFAULT_MARKER, load_model, save_model
+
+from .checkpoints import network_from_checkpoint, state_digest
+from .config import SCHEDULE_KEYS
+from .curves import logged_seconds, read_log
 
 
 def training_minutes(state: dict, checkpoint: Path) -> float | None:

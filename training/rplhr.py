@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from training.data import CROP_TRIES, PairSampler, downsample_inplane
 from VolumetricSRLib import volume_io
 from VolumetricSRLib.geometry import thin_grid, voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
 from VolumetricSRLib.volume_io import read_volume
+
+from .data import CROP_TRIES, PairSampler, downsample_inplane
 
 SPLITS = ("train", "val", "test")
 THIN_FOLDER, THICK_FOLDER = "1mm", "5mm"

@@ -22,13 +22,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from training.checkpoints import read_checkpoint, state_digest
-from training.config import SCHEDULE_KEYS, TrainConfig, learning_differences
-from training.curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
-from training.data import PairSampler, PseudoPairSampler, load_thin_volumes
 from VolumetricSRLib.atomic import atomic_path
 from VolumetricSRLib.device import describe_device, resolve_device
 from VolumetricSRLib.network import TVSRN, l1_loss
+
+from .checkpoints import read_checkpoint, state_digest
+from .config import SCHEDULE_KEYS, TrainConfig, learning_differences
+from .curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
+from .data import PairSampler, PseudoPairSampler, load_thin_volumes
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -207,7 +208,7 @@ class Trainer:
         cfg = self.cfg
         crop = tuple(cfg.crop)
         if cfg.rplhr_root:
-            from training.rplhr import RealPairSampler, load_split
+            from .rplhr import RealPairSampler, load_split
 
             pairs, report = load_split(
                 cfg.rplhr_root, "train", cfg.network.ratio, cfg.network.depth, cfg.rplhr_skip_invalid
@@ -258,7 +259,7 @@ class Trainer:
 
     def run(self, max_steps: int | None = None, max_minutes: float | None = None) -> None:
         """Train until cfg.steps (or max_steps more steps / max_minutes) with periodic checkpoints."""
-        from training.evaluate import has_validation_data
+        from .evaluate import has_validation_data
 
         cfg = self.cfg
         self.sampler = self.sampler or self.build_sampler()
@@ -324,7 +325,7 @@ class Trainer:
 
     def validate_and_log(self, log, seconds: float) -> None:
         """Score the validation cases with the full predictor (shared out over the ranks); keep the best."""
-        from training.evaluate import mean_scores, validation_scores
+        from .evaluate import mean_scores, validation_scores
 
         shares = self.ctx.gather(validation_scores(self.model, self.cfg, (self.ctx.rank, self.ctx.world)))
         scores = mean_scores([score for share in shares for score in share])

@@ -166,7 +166,7 @@ def run_demo(
     truth = np.asarray(thin[phantom.truth_slices(thick.shape[0], ratio)])
     thick_spacing = float(voxel_spacing(thick_affine)[2])
     notes.insert(0, f"{source} -> {thick.shape[0]} simulated thick slices of {thick_spacing:g} mm, x{ratio}")
-    results = {"cubic": interpolate_slices(thick, ratio, 3), "linear": interpolate_slices(thick, ratio, 1)}
+    results = {method: interpolate_slices(thick, ratio, method) for method in ("cubic", "linear")}
     seconds = None
     affines = {"thick": thick_affine}  # every other file lies on the thin grid
     if card is not None:
