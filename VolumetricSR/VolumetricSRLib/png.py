@@ -1,4 +1,4 @@
-"""PNG writing (zlib + struct, no imaging library) and the review montage of thick and thin volumes.
+"""PNG images (written with Pillow) and the review montage of thick and thin volumes.
 
 The montage shows, for each volume, the axial, coronal and sagittal planes through one world point,
 resampled on one isotropic world grid so that every row lines up: radiological orientation
@@ -8,9 +8,8 @@ the coronal and sagittal planes, anterior on the left of the sagittal plane).
 
 from __future__ import annotations
 
+import io
 import os
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,46 +23,24 @@ SEPARATOR_RGB = (40, 40, 40)
 BACKGROUND_RGB = (0, 0, 0)
 MAX_PANEL_PIXELS = 512
 _SEPARATOR = 4
-_LABEL_SCALE = 2
-_LABEL_BAND = 5 * _LABEL_SCALE + 6
-_COLOUR_TYPES = {1: 0, 3: 2, 4: 6}  # channels -> PNG colour type (grey, RGB, RGBA)
-
-# A 3 x 5 bitmap font: each glyph is five rows of three pixels, read left to right, top to bottom.
-_GLYPHS = {
-    "A": "010101111101101", "B": "110101110101110", "C": "011100100100011", "D": "110101101101110",
-    "E": "111100110100111", "F": "111100110100100", "G": "011100101101011", "H": "101101111101101",
-    "I": "111010010010111", "J": "001001001101010", "K": "101101110101101", "L": "100100100100111",
-    "M": "101111111101101", "N": "110101101101101", "O": "010101101101010", "P": "110101110100100",
-    "Q": "010101101110011", "R": "110101110101101", "S": "011100010001110", "T": "111010010010010",
-    "U": "101101101101111", "V": "101101101101010", "W": "101101111111101", "X": "101101010101101",
-    "Y": "101101010010010", "Z": "111001010100111", "0": "111101101101111", "1": "010110010010111",
-    "2": "110001010100111", "3": "110001010001110", "4": "101101111001001", "5": "111100110001110",
-    "6": "011100111101111", "7": "111001010010010", "8": "111101111101111", "9": "111101111001110",
-    "-": "000000111000000", ".": "000000000000010", "(": "010100100100010", ")": "010001001001010",
-    ":": "000010000010000", "/": "001001010100100", " ": "000000000000000",
-}  # fmt: skip
+_LABEL_SIZE = 12
+_LABEL_BAND = _LABEL_SIZE + 4
+_CHANNELS = (1, 3, 4)  # grey, RGB, RGBA
 
 
 def encode_png(image: np.ndarray) -> bytes:
     """PNG bytes of a uint8 image: (H, W) grey, (H, W, 3) RGB or (H, W, 4) RGBA."""
+    from PIL import Image
+
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"PNG images must be uint8, got {image.dtype}")
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.ndim != 3 or image.shape[2] not in _COLOUR_TYPES or min(image.shape[:2]) < 1:
+    channels = 1 if image.ndim == 2 else (image.shape[2] if image.ndim == 3 else 0)
+    if channels not in _CHANNELS or min(image.shape[:2]) < 1:
         raise ValueError(f"expected an (H, W), (H, W, 3) or (H, W, 4) image, got shape {image.shape}")
-    height, width, channels = image.shape
-    header = struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[channels], 0, 0, 0)
-    rows = np.concatenate([np.zeros((height, 1), np.uint8), image.reshape(height, -1)], axis=1)
-    return b"".join(
-        (
-            b"\x89PNG\r\n\x1a\n",
-            _chunk(b"IHDR", header),
-            _chunk(b"IDAT", zlib.compress(rows.tobytes(), 6)),
-            _chunk(b"IEND", b""),
-        )
-    )
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(image)).save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray, overwrite: bool = False) -> Path:
@@ -73,10 +50,6 @@ def write_png(path: str | os.PathLike, image: np.ndarray, overwrite: bool = Fals
         raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
     data = encode_png(image)
     return write_bytes_atomically(path, data)
-
-
-def _chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def review_montage(
@@ -121,7 +94,7 @@ def review_montage(
         values, affine = np.asarray(volume, dtype=np.float32), np.asarray(affine, dtype=np.float64)
         canvas[top : top + band] = BACKGROUND_RGB
         if labels:
-            _draw_text(canvas, label.upper(), top + 3, 3, ACCENT_RGB)
+            _draw_text(canvas, label, top, 3, ACCENT_RGB)
         left = 0
         for plane in planes.values():
             grey = _window_to_grey(_sample_plane(values, affine, plane), window)
@@ -162,12 +135,11 @@ def _window_to_grey(values: np.ndarray, window: tuple[float, float]) -> np.ndarr
 
 
 def _draw_text(canvas: np.ndarray, text: str, top: int, left: int, colour: tuple[int, int, int]) -> None:
-    """Draw text with the 3 x 5 font at _LABEL_SCALE; unknown characters are left blank."""
-    s = _LABEL_SCALE
-    for n, character in enumerate(text):
-        glyph = np.array([bit == "1" for bit in _GLYPHS.get(character, _GLYPHS[" "])]).reshape(5, 3)
-        x0 = left + n * 4 * s
-        if x0 + 3 * s > canvas.shape[1]:
-            break
-        pixels = np.kron(glyph, np.ones((s, s), bool))
-        canvas[top : top + 5 * s, x0 : x0 + 3 * s][pixels] = colour
+    """Draw text in Pillow's default font (not anti-aliased, so every glyph pixel is `colour`)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    band = Image.fromarray(canvas[top : top + _LABEL_BAND])
+    draw = ImageDraw.Draw(band)
+    draw.fontmode = "1"
+    draw.text((left, 1), text, fill=colour, font=ImageFont.load_default(size=_LABEL_SIZE))
+    canvas[top : top + _LABEL_BAND] = np.asarray(band)
