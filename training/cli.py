@@ -138,6 +138,12 @@ def _make_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _analyse_dataset(args: argparse.Namespace) -> int:
+    from .dataset_analysis import run_cli
+
+    return run_cli(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="volumetricsr-train", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -214,6 +220,19 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--overwrite", action="store_true", help="replace existing files")
     pairs.set_defaults(func=_make_pairs)
 
+    analyse = sub.add_parser(
+        "analyse-dataset", help="PSNR/SSIM of thick slices vs their Match/Near/Far thin slices (paper Fig. 1)"
+    )
+    analyse.add_argument("--rplhr", metavar="ROOT", help="RPLHR-CT folder (real pairs)")
+    analyse.add_argument("--splits", nargs="+", default=["train", "val", "test"], help="RPLHR-CT splits")
+    for split in ("train", "val", "test"):
+        analyse.add_argument(
+            f"--{split}", nargs="+", metavar="PATH", help=f"{split} thin volumes (pseudo pairs)"
+        )
+    analyse.add_argument("--ratio", type=int, default=5, help="pseudo pairs: thin slices per thick slice")
+    analyse.add_argument("--slab", default="box", choices=("box", "gaussian"), help="pseudo thick slab")
+    analyse.add_argument("--out", required=True, help="folder for summary.md/.csv/.png and slice_pairs.csv")
+    analyse.set_defaults(func=_analyse_dataset)
     return parser
 
 
