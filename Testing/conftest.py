@@ -1,9 +1,14 @@
-"""Shared test set-up: import paths, the real-CT folder beside the checkout, CPU threads, a tiny TVSRN
-and a wrapper that holds a network's first batch at a gate."""
+"""Shared test set-up: import paths, the real-CT folder beside the checkout, a synthetic chest CT file
+that travels with the repository, CPU threads, a tiny TVSRN and a wrapper that holds a network's
+first batch at a gate."""
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
 import sys
+import tempfile
 import threading
 from pathlib import Path
 
@@ -19,6 +24,29 @@ sys.path.insert(0, str(REPO))
 torch.set_num_threads(2)
 
 from VolumetricSRLib.network import TVSRN, TVSRNConfig  # noqa: E402  (after the path set-up above)
+
+PHANTOM_CT_SHAPE = (30, 101, 122)  # slices, rows, columns: the size of the small real training fixture
+REAL_TRAINING_CT = "TotalSegmentator/example_ct_sm.nii.gz"  # a training fixture; never a held-out scan
+
+
+@functools.cache
+def phantom_ct() -> Path:
+    """A synthetic chest CT (NIfTI, 3 mm slices of 1.5 mm pixels), written once per test session:
+    the input of the training, export and predict tests on a fresh clone without ../shared."""
+    from VolumetricSRLib.phantom import chest_phantom
+    from VolumetricSRLib.volume_io import write_volume
+
+    folder = Path(tempfile.mkdtemp(prefix="volumetricsr-phantom-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    hu, affine = chest_phantom(PHANTOM_CT_SHAPE, slice_mm=3.0, pixel_mm=1.5)
+    path = folder / "phantom_chest_3mm.nii.gz"
+    write_volume(path, hu, affine)
+    return path
+
+
+def training_ct(kind: str) -> Path:
+    """'phantom': phantom_ct(); 'real': the small real CT of ../shared/data (skips when absent)."""
+    return phantom_ct() if kind == "phantom" else shared_ct(REAL_TRAINING_CT)
 
 
 def shared_ct(relative: str) -> Path:

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from conftest import shared_ct, tiny_tvsrn
+from conftest import tiny_tvsrn, training_ct
 from VolumetricSRLib import geometry, predictor
 from VolumetricSRLib.device import DeviceError, describe_device, physical_cpu_cores, resolve_device
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
@@ -175,9 +175,10 @@ def test_tiny_tvsrn_with_tiles_gives_thin_unit_volume():
     np.testing.assert_array_equal(amp_on_cpu, thin)
 
 
-def test_real_ct_through_hu_predictor_keeps_world_positions():
+@pytest.mark.parametrize("ct", ["phantom", "real"])
+def test_ct_through_hu_predictor_keeps_world_positions(ct):
     nibabel = pytest.importorskip("nibabel")
-    image = nibabel.load(shared_ct("TotalSegmentator/example_ct_sm.nii.gz"))
+    image = nibabel.load(training_ct(ct))
     hu = np.asarray(image.dataobj).transpose(2, 1, 0)
     affine = image.affine
     thin, thin_affine = super_resolve_hu(

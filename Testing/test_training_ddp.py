@@ -10,13 +10,12 @@ import sys
 
 import torch
 
-from conftest import REPO, shared_ct
+from conftest import REPO, phantom_ct
 from volumetricsr_training.config import TrainConfig
 from volumetricsr_training.trainer import state_digest
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 
 TINY = TVSRNConfig.tiny(output="residual").to_dict()  # residual, as in TrainConfig's default model settings
-CT = "TotalSegmentator/example_ct_sm.nii.gz"
 
 
 def free_port() -> int:
@@ -26,7 +25,7 @@ def free_port() -> int:
 
 
 def test_two_gloo_processes_train_in_step(tmp_path):
-    ct = str(shared_ct(CT))
+    ct = str(phantom_ct())
     settings = {
         "run_dir": str(tmp_path), "train_volumes": [ct], "val_volumes": [ct], "crop": [4, 16, 16], "steps": 4,
         "val_every": 2, "log_every": 1, "device": "cpu", "threads": 1, "progress": False,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import shared_ct
+from conftest import phantom_ct
 from volumetricsr_training.cli import main
 from volumetricsr_training.config import TrainConfig
 from volumetricsr_training.evaluate import load_for_evaluation
@@ -22,14 +22,13 @@ from VolumetricSRLib.volume_io import read_volume, write_volume
 from VolumetricSRLib.weights import ModelFileError, load_model
 
 TINY = TVSRNConfig.tiny(output="residual").to_dict()
-CT = "TotalSegmentator/example_ct_sm.nii.gz"
 
 
 @pytest.fixture
 def run(tmp_path):
     """A 3-step run on pseudo pairs of a real CT volume: its folder and final weights digest."""
     cfg = TrainConfig(
-        run_dir=str(tmp_path / "run"), model=TINY, train_volumes=[str(shared_ct(CT))], crop=[4, 16, 16],
+        run_dir=str(tmp_path / "run"), model=TINY, train_volumes=[str(phantom_ct())], crop=[4, 16, 16],
         steps=3, log_every=1, device="cpu", threads=1, progress=False, tensorboard=False, plot=False,
     )  # fmt: skip
     trainer = Trainer(cfg)
@@ -65,14 +64,14 @@ def test_export_round_trip_through_the_core_loader(run, tmp_path):
         and training["minutes"] is not None
         and training["hardware"] == "cpu (1 threads)"
     )
-    assert training["data"]["thin_volumes"] == ["example_ct_sm.nii.gz"] and training["data"][
+    assert training["data"]["thin_volumes"] == ["phantom_chest_3mm.nii.gz"] and training["data"][
         "thin_slice_mm"
     ] == [3.0]
     assert "not RPLHR-CT" in training["data"]["kind"] and "simulated" in training["data"]["thick_slices"]
     assert training["schedule"]["optimizer"] == "adamw" and training["schedule"]["crop"] == [4, 16, 16]
     assert (
         "not trained on RPLHR-CT" in card.description
-        and "example_ct_sm.nii.gz (3 mm slices)" in card.description
+        and "phantom_chest_3mm.nii.gz (3 mm slices)" in card.description
     )
     written = json.loads(summary_file(tmp_path, digest).read_text())
     assert card.metrics == {"test": written} and card.metrics["test"]["model"]["weights_digest"] == digest
@@ -124,7 +123,7 @@ def test_export_command_and_its_errors(run, tmp_path, capsys):
 def test_the_core_command_line_runs_an_exported_model(run, tmp_path, capsys):
     run_dir, _ = run
     card_path = export_checkpoint(run_dir / "last.pt", tmp_path, id="cli-check", name="CLI check")
-    volume = read_volume(shared_ct(CT))
+    volume = read_volume(phantom_ct())
     pair = make_pseudo_pair(volume.array.astype("float32"), volume.affine, 5)
     thick = write_volume(tmp_path / "thick.nii.gz", to_int16_hu(pair.thick), pair.thick_affine)
     assert core_main(["summary", "--model", str(card_path)]) == 0
@@ -155,7 +154,7 @@ def test_metrics_from_evaluate_carry_the_weights_digest(run, tmp_path):
 def test_a_continued_run_is_exported_with_every_phase(run, tmp_path):
     run_dir, _ = run
     cfg = TrainConfig(
-        run_dir=str(tmp_path / "second"), model=TINY, train_volumes=[str(shared_ct(CT))], crop=[4, 16, 16],
+        run_dir=str(tmp_path / "second"), model=TINY, train_volumes=[str(phantom_ct())], crop=[4, 16, 16],
         steps=2, lr=1e-4, log_every=1, device="cpu", threads=1, progress=False, tensorboard=False,
         plot=False, init_from=str(run_dir / "last.pt"),
     )  # fmt: skip

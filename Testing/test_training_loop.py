@@ -14,19 +14,19 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, shared_ct
+from conftest import REPO, phantom_ct, training_ct
 from volumetricsr_training.config import TrainConfig, load_config
 from volumetricsr_training.trainer import Trainer, learning_rate, state_digest
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 
 TINY = TVSRNConfig.tiny().to_dict()
 TINY_RESIDUAL = {**TINY, "output": "residual"}  # residual, as in TrainConfig's default model settings
-CT = "TotalSegmentator/example_ct_sm.nii.gz"  # a training fixture; never the held-out test scans
 
 
-def tiny_config(run_dir: Path, **overrides) -> TrainConfig:
+def tiny_config(run_dir: Path, ct: str = "phantom", **overrides) -> TrainConfig:
     settings = {
-        "run_dir": str(run_dir), "model": {**TINY, "output": "direct"}, "train_volumes": [str(shared_ct(CT))],
+        "run_dir": str(run_dir), "model": {**TINY, "output": "direct"},
+        "train_volumes": [str(training_ct(ct))],
         "crop": [4, 16, 16], "batch": 2, "steps": 8, "lr": 3e-3, "warmup": 2, "log_every": 1,
         "device": "cpu", "threads": 1, "progress": False, "snapshot_every": 0,
     }  # fmt: skip
@@ -38,8 +38,9 @@ def losses(run_dir: Path) -> list[tuple[str, str]]:
         return [(row["step"], row["loss"]) for row in csv.DictReader(handle) if row["loss"]]
 
 
-def test_a_few_steps_lower_the_loss_on_a_real_ct_crop(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, steps=40, tensorboard=False, plot=False))
+@pytest.mark.parametrize("ct", ["phantom", "real"])
+def test_a_few_steps_lower_the_loss_on_a_ct_crop(tmp_path, ct):
+    trainer = Trainer(tiny_config(tmp_path, ct, steps=40, tensorboard=False, plot=False))
     trainer.run()
     values = [float(loss) for _, loss in losses(tmp_path)]
     assert len(values) == 40
@@ -110,7 +111,7 @@ def test_resume_refuses_a_different_model(tmp_path):
 
 
 def test_validation_keeps_the_best_checkpoint_and_writes_curves(tmp_path):
-    val = str(shared_ct(CT))
+    val = str(phantom_ct())
     trainer = Trainer(tiny_config(tmp_path, steps=6, val_every=3, val_volumes=[val], snapshot_every=3))
     trainer.run()
     with open(tmp_path / "log.csv", newline="") as handle:
@@ -129,7 +130,7 @@ def test_validation_keeps_the_best_checkpoint_and_writes_curves(tmp_path):
 
 def test_missing_tensorboard_is_a_message_not_a_crash(tmp_path):
     argv = ["train", "--max-steps", "2", "--set", f"run_dir={tmp_path}"]
-    settings = {"train_volumes": [str(shared_ct(CT))], "crop": [4, 16, 16], "device": "cpu", "threads": 1,
+    settings = {"train_volumes": [str(phantom_ct())], "crop": [4, 16, 16], "device": "cpu", "threads": 1,
                 "progress": False, **{f"model.{k}": v for k, v in TINY_RESIDUAL.items()}}  # fmt: skip
     for key, value in settings.items():
         argv += ["--set", f"{key}={value!r}"]

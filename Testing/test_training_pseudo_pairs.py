@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conftest import shared_ct
+from conftest import phantom_ct, training_ct
 from volumetricsr_training.data import PseudoPairSampler, ThinVolume, downsample_inplane
 from volumetricsr_training.pseudo_pairs import make_pseudo_pair, simulate_thick_slices, slab_profile
 from VolumetricSRLib.geometry import voxel_spacing
@@ -54,8 +54,9 @@ def test_each_thick_slice_is_the_mean_of_the_thin_slices_around_its_world_positi
     assert pair.truth.shape[0] == (7 - 1) * RATIO + 1
 
 
-def test_real_ct_pseudo_pair_matches_the_core_simulation():
-    volume = read_volume(shared_ct("TotalSegmentator/example_ct_sm.nii.gz"))
+@pytest.mark.parametrize("ct", ["phantom", "real"])
+def test_pseudo_pair_of_a_ct_matches_the_core_simulation(ct):
+    volume = read_volume(training_ct(ct))
     thin = volume.array.astype(np.float32)
     pair = make_pseudo_pair(thin, volume.affine, RATIO)
     core_thick, core_affine = simulate_thick(thin, volume.affine, RATIO)
@@ -105,7 +106,7 @@ def test_sampler_crops_put_each_thick_slice_on_its_thin_target_slice():
 
 
 def test_sampler_batches_depend_only_on_seed_rank_and_step():
-    unit = hu_to_unit(read_volume(shared_ct("TotalSegmentator/example_ct_sm.nii.gz")).array)
+    unit = hu_to_unit(read_volume(phantom_ct()).array)
     sampler = PseudoPairSampler([[ThinVolume("ct", unit, 1)]], [], RATIO, (4, 16, 16), noise_hu=10.0)
     first = sampler.batch(7, 0, 12, 2)
     again = sampler.batch(7, 0, 12, 2)

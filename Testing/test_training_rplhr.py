@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import shared_ct
+from conftest import phantom_ct
 from volumetricsr_training.cli import main
 from volumetricsr_training.config import TrainConfig
 from volumetricsr_training.data import BODY_LEVEL
@@ -51,7 +51,7 @@ def ramp_pair(
 
 
 def make_pairs_from_real_ct(root: Path, split: str = "train") -> Path:
-    source = shared_ct("TotalSegmentator/example_ct_sm.nii.gz")
+    source = phantom_ct()
     assert main(["make-pairs", "--volumes", str(source), "--out", str(root), "--split", split]) == 0
     return source
 
@@ -61,7 +61,7 @@ def test_make_pairs_writes_a_layout_that_checks_out(tmp_path, capsys):
     report = check_dataset(tmp_path, ("train",), ratio=RATIO)
     assert report.ok, report.text()
     (pair,) = report.pairs
-    assert pair.case == "example_ct_sm"
+    assert pair.case == "phantom_chest_3mm"
     assert (pair.match.ratio, pair.match.offset, pair.match.count) == (RATIO, 2, 6)
     thin = read_volume(pair.thin_path)
     assert np.array_equal(thin.array, read_volume(source).array)
