@@ -86,6 +86,41 @@ def test_ssim_equals_a_pixel_by_pixel_computation():
     assert ssim_2d(a, b) == pytest.approx(np.mean(values), abs=1e-12)
 
 
+def test_ssim_equals_a_2d_convolution_in_torch_on_ct_slices():
+    """The authors' formulation, computed independently: one 11 x 11 Gaussian kernel applied by
+    torch's conv2d with zero padding of 5, SSIM map averaged over every pixel; on phantom CT slices
+    (truth against its linear interpolation from 5 mm slabs), not on noise only."""
+    import torch
+    import torch.nn.functional as F
+
+    from VolumetricSRLib.intensity import hu_to_unit
+    from VolumetricSRLib.interpolation import interpolate_slices
+    from VolumetricSRLib.phantom import chest_phantom, simulate_thick, truth_slices
+
+    thin, affine = chest_phantom((31, 48, 56), pixel_mm=3.0)
+    thick, _ = simulate_thick(thin.astype(np.float32), affine, 5)
+    truth = hu_to_unit(thin[truth_slices(thick.shape[0], 5)]).astype(np.float64)
+    pred = hu_to_unit(interpolate_slices(thick, 5, "linear")).astype(np.float64)
+    sigma, size = 1.5, 11
+    taps = torch.arange(size, dtype=torch.float64) - size // 2
+    g = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = torch.outer(g / g.sum(), g / g.sum())[None, None]
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, kernel, padding=size // 2)
+
+    x, y = torch.from_numpy(pred)[:, None], torch.from_numpy(truth)[:, None]
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    c1, c2 = 0.01**2, 0.03**2
+    maps = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    per_slice = maps.mean(dim=(1, 2, 3)).numpy()
+    assert 0.5 < per_slice.min() < per_slice.max() < 0.999  # real differences to measure
+    for n in range(truth.shape[0]):
+        assert ssim_2d(pred[n], truth[n]) == pytest.approx(per_slice[n], abs=1e-10)
+    assert ssim_axial(pred, truth) == pytest.approx(per_slice.mean(), abs=1e-10)
+
+
 def test_ssim_axial_averages_the_slices():
     rng = np.random.default_rng(3)
     truth = rng.random((3, 16, 16))
