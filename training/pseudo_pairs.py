@@ -1,9 +1,10 @@
 """Pseudo thick/thin pairs from thin-only CT: thick slices simulated by slab averaging.
 
 The world placement (thick slice k at the centre of thin slices r k ... r k + r - 1) and the plain
-box mean come from the core (`VolumetricSRLib.phantom.simulate_thick`, `truth_slices`): one
-definition serves the phantom, the training crops and the evaluation. This module adds the
-smoother Gaussian slab profile.
+box mean come from the core (`VolumetricSRLib.phantom.simulate_thick`, `truth_slices`), and so do
+the slab profiles (`VolumetricSRLib.consistency.slab_profile`, which the consistency check of a
+prediction re-thickens with): one definition serves the phantom, the training crops, the evaluation
+and the check.
 """
 
 from __future__ import annotations
@@ -12,27 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from VolumetricSRLib.consistency import slab_profile
 from VolumetricSRLib.geometry import thin_grid
 from VolumetricSRLib.phantom import simulate_thick, truth_slices
 
-SLABS = ("box", "gaussian")
 _NO_GEOMETRY = np.eye(4)
-
-
-def slab_profile(ratio: int, kind: str = "box") -> np.ndarray:
-    """Weights of the r thin slices that make one thick slice (sum 1).
-
-    "box": plain mean (a reconstruction with slab = spacing); "gaussian": FWHM of r slices,
-    centred on the slab, as a smoother slice-sensitivity profile.
-    """
-    if kind == "box":
-        return np.full(ratio, 1.0 / ratio)
-    if kind == "gaussian":
-        offsets = np.arange(ratio) - (ratio - 1) / 2
-        sigma = ratio / 2.3548
-        weights = np.exp(-0.5 * (offsets / sigma) ** 2)
-        return weights / weights.sum()
-    raise ValueError(f"unknown slab profile {kind!r}: use one of {', '.join(SLABS)}")
 
 
 def simulate_thick_slices(thin: np.ndarray, ratio: int, slab: str = "box") -> np.ndarray:

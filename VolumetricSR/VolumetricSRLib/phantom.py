@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from .checks import is_positive_whole_number
+from .checks import odd_ratio
 
 TISSUE_HU = {
     "air": -1000.0,
@@ -114,7 +114,7 @@ def simulate_thick(thin: np.ndarray, thin_affine: np.ndarray, ratio: int) -> tup
     The in-plane grid is unchanged. `truth_slices` gives the thin slices on the thick scan's thin grid.
     """
     thin = np.asarray(thin)
-    r = _odd_ratio(ratio)
+    r = odd_ratio(ratio)
     if thin.ndim != 3:
         raise ValueError(f"the thin volume must be (K, J, I), got shape {thin.shape}")
     count = thin.shape[0] // r
@@ -137,20 +137,9 @@ def truth_slices(thick_slices: int, ratio: int) -> slice:
     Thick slice k sits on thin slice r k + (r - 1) / 2, so the thin grid of K thick slices is
     thin slices (r - 1) / 2 ... (r - 1) / 2 + (K - 1) r.
     """
-    r = _odd_ratio(ratio)
+    r = odd_ratio(ratio)
     start = (r - 1) // 2
     return slice(start, start + (thick_slices - 1) * r + 1)
-
-
-def _odd_ratio(ratio: int) -> int:
-    if not is_positive_whole_number(ratio):
-        raise ValueError(f"the ratio must be a positive integer, got {ratio!r}")
-    if ratio % 2 == 0:
-        raise ValueError(
-            f"ratio {ratio} is even: a thick slice would sit between two thin slices, so no thin "
-            "slice matches it; simulate thick scans with an odd ratio (e.g. 5)"
-        )
-    return int(ratio)
 
 
 def _fill(hu: np.ndarray, mask: np.ndarray, value: float) -> None:
