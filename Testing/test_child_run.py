@@ -70,7 +70,7 @@ def test_unexpected_failures_are_one_line_too(tmp_path: Path) -> None:
     """A crash inside the core still ends as an error event; the traceback goes to the log only."""
     script = (
         "import sys; from VolumetricSRLib import cli, volume_io\n"
-        "def broken(path): raise RuntimeError('disk on fire')\n"
+        "def broken(path, series=None): raise RuntimeError('disk on fire')\n"
         "cli.read_volume = broken\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )

@@ -1,4 +1,5 @@
-"""The `volumetricsr` command line: predict on real CT, summary, and every refused input."""
+"""The `volumetricsr` command line: predict on a phantom, on DICOM series (in and out) and on real CT,
+summary, and every refused input."""
 
 from __future__ import annotations
 
@@ -12,8 +13,11 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
+import SimpleITK as sitk
 import torch
+from dicom_series import LPS, write_series
 
 from conftest import shared_ct
 from VolumetricSRLib import model_cards
@@ -22,6 +26,7 @@ from VolumetricSRLib.cli_common import progress_bar, show_progress
 from VolumetricSRLib.geometry import thin_grid
 from VolumetricSRLib.intensity import to_int16_hu
 from VolumetricSRLib.network import TVSRN, TVSRNConfig, count_parameters
+from VolumetricSRLib.phantom import chest_phantom, simulate_thick
 from VolumetricSRLib.predictor import PredictOptions, bf16_cpu_supported, super_resolve_hu
 from VolumetricSRLib.volume_io import read_volume, write_volume
 from VolumetricSRLib.weights import load_model, save_model
@@ -45,13 +50,38 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+def thick_phantom() -> tuple[np.ndarray, np.ndarray]:
+    """6 thick slices of 5 mm, 32 x 32 (int16 HU from -1000, RAS affine), simulated from the chest phantom."""
+    thin, affine = chest_phantom(shape=(30, 32, 32), pixel_mm=1.5)
+    thick, thick_affine = simulate_thick(thin, affine, 5)
+    return np.clip(np.rint(thick), -1000, None).astype(np.int16), thick_affine
+
+
 @pytest.fixture
 def small_ct(tmp_path: Path) -> Path:
-    """A 6-slice, 32 x 32 crop of a real CT (example_ct_sm, 3 mm slices) as NIfTI."""
-    volume = read_volume(shared_ct("TotalSegmentator/example_ct_sm.nii.gz"))
+    """The thick phantom as NIfTI in tmp_path/in."""
     inputs = tmp_path / "in"
     inputs.mkdir()
-    return write_volume(inputs / "small.nii.gz", volume.array[10:16, 40:72, 50:82], volume.affine)
+    return write_volume(inputs / "small.nii.gz", *thick_phantom())
+
+
+def write_dicom_phantom(folder: Path, **options) -> Path:
+    """The thick phantom as a DICOM CT series (stored value = HU + 1024, intercept -1024)."""
+    hu, affine = thick_phantom()
+    lps = LPS @ affine[:3]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    positions = lps[:, 3] + np.outer(np.arange(hu.shape[0]), lps[:, 2])
+    row, col = lps[:, 0] / spacing[0], lps[:, 1] / spacing[1]
+    write_series(
+        folder, (hu + 1024).astype(np.uint16), positions, row, col, (spacing[1], spacing[0]), **options
+    )
+    return folder
+
+
+@pytest.fixture
+def dicom_ct(tmp_path: Path) -> Path:
+    """The thick phantom as a DICOM series in tmp_path/dicom."""
+    return write_dicom_phantom(tmp_path / "dicom", series_uid="1.2.826.7.1")
 
 
 def cli(capsys: pytest.CaptureFixture, *argv: object) -> tuple[int, str, str]:
@@ -205,6 +235,130 @@ def test_untrained_weights_need_allow_untrained_and_are_flagged(
     assert code == 0, err
     assert "warning: scratch holds untrained weights" in err
     assert output.exists()
+
+
+# ---------------------------------------------------------------- DICOM in and out
+
+
+def read_dicom_back(folder: Path) -> tuple[list[pydicom.Dataset], sitk.Image]:
+    headers = sorted((pydicom.dcmread(p) for p in folder.iterdir()), key=lambda d: int(d.InstanceNumber))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    return headers, reader.Execute()
+
+
+def test_predict_dicom_series_to_nifti_and_to_a_dicom_series_that_agree(
+    tmp_path: Path, dicom_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = ["--model", models / "tiny.json", "--device", "cpu"]
+    nifti, series = tmp_path / "thin.nii.gz", tmp_path / "thin"
+    code, out, err = cli(capsys, "predict", dicom_ct, nifti, *model)
+    assert code == 0, err
+    code, out, err = cli(capsys, "predict", dicom_ct, f"{series}/", *model)
+    assert code == 0, err
+    assert f"wrote {series}: 32 x 32 x 26 voxels, spacing 1.500 x 1.500 x 1.000 mm" in out
+
+    thick, thin = read_volume(dicom_ct), read_volume(nifti)
+    np.testing.assert_allclose(thick.affine, thick_phantom()[1], atol=1e-9)  # the series' own geometry
+    np.testing.assert_array_equal(thick.array, thick_phantom()[0])  # HU: the intercept applied
+    np.testing.assert_allclose(thin.affine, thin_grid(thick.affine, 6, 5).affine, atol=1e-5)
+    headers, image = read_dicom_back(series)
+    np.testing.assert_array_equal(np.stack([d.pixel_array for d in headers]), thin.array)
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), thin.array)
+    np.testing.assert_array_equal(read_volume(series).array, thin.array)
+    np.testing.assert_allclose(read_volume(series).affine, thin.affine, atol=1e-5)
+    spacing = np.array(image.GetSpacing())
+    np.testing.assert_allclose(
+        LPS @ np.array(image.GetDirection()).reshape(3, 3) * spacing, thin.affine[:3, :3], atol=1e-5
+    )
+    np.testing.assert_allclose(LPS @ np.array(image.GetOrigin()), thin.affine[:3, 3], atol=1e-5)
+
+    source = pydicom.dcmread(next(dicom_ct.iterdir()))
+    first = headers[0]
+    assert first.StudyInstanceUID == source.StudyInstanceUID and first.PatientID == "P-0042"
+    assert first.SeriesInstanceUID != source.SeriesInstanceUID
+    assert first.SeriesDescription == "SYNTHETIC thin CT VolumetricSR tiny"
+    assert (
+        f"model tiny, weights sha256 {load_model(models / 'tiny.json')[1].sha256}"
+        in first.DerivationDescription
+    )
+    assert "from series 1.2.826.7.1;" in first.DerivationDescription
+    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom", "thin", "thin.nii.gz"]
+
+
+def test_a_folder_with_two_series_is_listed_and_series_chooses(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = tmp_path / "study"
+    write_dicom_phantom(folder / "a", series_uid="1.2.826.7.1", description="chest 5 mm")
+    write_dicom_phantom(folder / "b", series_uid="1.2.826.7.2", description="chest again")
+    argv = ["predict", folder, tmp_path / "thin.nii.gz", "--model", models / "tiny.json", "--device", "cpu"]
+    code, _, err = cli(capsys, *argv)
+    assert_refused(code, err, "holds 2 CT series; choose one with --series UID:", tmp_path, ["study"])
+    assert "  1.2.826.7.1: 'chest 5 mm', CT, 6 slices, 1.5 x 1.5 x 5 mm" in err.splitlines()
+    assert "  1.2.826.7.2: 'chest again', CT, 6 slices, 1.5 x 1.5 x 5 mm" in err.splitlines()
+    code, _, err = cli(capsys, *argv, "--series", "1.2.826.7.2")
+    assert code == 0, err
+    assert read_volume(tmp_path / "thin.nii.gz").array.shape == (26, 32, 32)
+
+
+def test_bad_dicom_folders_are_refused_without_output(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    model = ["--model", models / "tiny.json", "--device", "cpu"]
+    hu, affine = thick_phantom()
+    lps = LPS @ affine[:3]
+    positions = lps[:, 3] + np.outer([0, 1, 2, 4, 5, 6], lps[:, 2])  # slice 3 is missing
+    write_series(tmp_path / "gap", (hu + 1024).astype(np.uint16), positions, series_uid="3.1")
+    code, _, err = cli(capsys, "predict", tmp_path / "gap", f"{tmp_path / 'out'}/", *model)
+    assert_refused(code, err, "series 3.1 misses 1 slice(s): a gap of 10 mm after slice 3", tmp_path, ["gap"])
+
+    write_dicom_phantom(tmp_path / "mr", modality="MR", series_uid="3.2")
+    code, _, err = cli(capsys, "predict", tmp_path / "mr", tmp_path / "out.nii.gz", *model)
+    assert_refused(code, err, "series 3.2 in", tmp_path, ["gap", "mr"])
+    assert "is MR (thick 5 mm), not CT" in err
+
+    (tmp_path / "empty").mkdir()
+    code, _, err = cli(capsys, "predict", tmp_path / "empty", tmp_path / "out.nii.gz", *model)
+    assert_refused(code, err, "is a folder without DICOM files", tmp_path, ["empty", "gap", "mr"])
+
+
+def test_a_volume_file_to_dicom_is_anonymous_and_says_so(
+    tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = tmp_path / "series.nii.gz"  # any name: --format decides
+    code, _, err = cli(capsys, "predict", small_ct, out, "--format", "dicom", "--model", models / "tiny.json")
+    assert code == 0, err
+    assert "warning: the input is not DICOM, so the series in" in err and "new anonymous patient" in err
+    headers, _ = read_dicom_back(out)
+    assert len(headers) == 26 and str(headers[0].PatientName) == "Anonymous"
+    assert "from file small.nii.gz;" in headers[0].DerivationDescription
+
+    code, _, err = cli(capsys, "predict", small_ct, out, "--format", "dicom", "--model", models / "tiny.json")
+    assert_refused(code, err, "already exists and is not empty", tmp_path, ["in", "series.nii.gz"])
+    code, _, err = cli(
+        capsys, "predict", small_ct, out, "--format", "dicom", "--model", models / "tiny.json", "--overwrite"
+    )
+    assert code == 0, err
+
+
+def test_predict_real_head_dicom_to_a_dicom_series(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    folder = shared_ct("Slicer/CTHeadAxialDicom")
+    code, _, err = cli(
+        capsys, "predict", folder, tmp_path / "head", "--format", "dicom", "--model", models / "tiny.json"
+    )
+    assert code == 0, err
+    assert "warning: input slices are 1.5 mm apart but the model was trained on 5 mm slices" in err
+    thick, thin = read_volume(folder), read_volume(tmp_path / "head")
+    assert thin.array.shape == (461, 64, 64)
+    np.testing.assert_allclose(thin.affine, thin_grid(thick.affine, 93, 5).affine, atol=1e-6)
+    first = pydicom.dcmread(tmp_path / "head" / "IMG00001.dcm")
+    assert first.StudyInstanceUID == thick.dicom.header.StudyInstanceUID
+    assert str(first.PatientName) == str(thick.dicom.header.PatientName)
+    assert first.SeriesNumber == 123456 + 1000
 
 
 # ---------------------------------------------------------------- refused inputs

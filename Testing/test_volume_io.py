@@ -1,26 +1,32 @@
-"""Volume files: NIfTI and NRRD reading and writing, geometry (RAS / LPS), and refusals."""
+"""Volume files: NIfTI (nibabel), NRRD and MetaImage (SimpleITK) reading and writing, geometry
+(RAS / LPS), what SimpleITK and Slicer's storage node read of our NRRD, output kinds, and refusals."""
 
 from __future__ import annotations
 
 import bz2
 import gzip
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import SimpleITK as sitk
 
-from conftest import shared_ct
+from conftest import REPO, shared_ct
 from VolumetricSRLib.geometry import GeometryError, validate_affine
-from VolumetricSRLib.nrrd import read_nrrd
 from VolumetricSRLib.volume_io import (
     VolumeFileError,
     check_output_path,
+    output_format,
     read_geometry,
     read_volume,
     write_volume,
 )
+
+LPS = np.diag([-1.0, -1.0, 1.0])
 
 
 def oblique_flipped_affine() -> np.ndarray:
@@ -81,14 +87,15 @@ def test_nifti_round_trip_keeps_voxels_and_oblique_flipped_geometry(tmp_path: Pa
     assert image.header.get_xyzt_units()[0] == "mm"
 
 
-def test_nrrd_round_trip_is_exact_and_stored_in_lps(tmp_path: Path) -> None:
+def test_nrrd_round_trip_keeps_float64_geometry_and_is_stored_in_lps(tmp_path: Path) -> None:
     array, affine = sample_volume(), oblique_flipped_affine()
     path = write_volume(tmp_path / "out.nrrd", array, affine)
 
     volume = read_volume(path)
     np.testing.assert_array_equal(volume.array, array)
     assert volume.array.dtype == np.int16
-    np.testing.assert_array_equal(volume.affine, affine)
+    # ITK keeps spacing and unit directions apart: composing them again costs at most an ulp or two
+    np.testing.assert_allclose(volume.affine, affine, rtol=0, atol=1e-12)
 
     assert header_field(path, "space") == "left-posterior-superior"
     assert header_field(path, "encoding") == "gzip"
@@ -96,17 +103,63 @@ def test_nrrd_round_trip_is_exact_and_stored_in_lps(tmp_path: Path) -> None:
     origin = vector_list(header_field(path, "space origin"))[0]
     assert origin == [120.25, -87.5, -301.75]  # LPS = (-R, -A, S)
     directions = np.array(vector_list(header_field(path, "space directions"))).T
-    np.testing.assert_array_equal(directions, np.diag([-1.0, -1.0, 1.0]) @ affine[:3, :3])
+    np.testing.assert_allclose(directions, LPS @ affine[:3, :3], rtol=0, atol=1e-12)
 
 
-def test_uncompressed_nrrd_round_trips_exactly_with_raw_data(tmp_path: Path) -> None:
+def test_our_nrrd_reads_back_in_simpleitk_with_the_same_geometry(tmp_path: Path) -> None:
+    array, affine = sample_volume(), oblique_flipped_affine()
+    path = write_volume(tmp_path / "out.nrrd", array, affine, synthetic={"model": "m1"})
+    image = sitk.ReadImage(str(path))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(image), array)
+    np.testing.assert_allclose(image.GetSpacing(), np.linalg.norm(affine[:3, :3], axis=0), atol=1e-12)
+    direction = np.array(image.GetDirection()).reshape(3, 3)
+    np.testing.assert_allclose(direction @ np.diag(image.GetSpacing()), LPS @ affine[:3, :3], atol=1e-12)
+    np.testing.assert_array_equal(image.GetOrigin(), LPS @ affine[:3, 3])
+    assert image.GetMetaData("VolumetricSR_synthetic") == "true"
+    assert image.GetMetaData("VolumetricSR_model") == "m1"
+
+
+def test_our_nrrd_reads_back_in_slicers_storage_node_with_the_same_geometry(tmp_path: Path) -> None:
+    slicer = pytest.importorskip("slicer", reason="the MRML check needs the slicer-core wheel")
+    import vtk
+
+    array, affine = sample_volume(), oblique_flipped_affine()
+    path = write_volume(tmp_path / "out.nrrd", array, affine)
+    scene = slicer.vtkMRMLScene()
+    node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", "read")
+    storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
+    storage.SetFileName(str(path))
+    assert storage.ReadData(node) == 1
+    matrix = vtk.vtkMatrix4x4()
+    node.GetIJKToRASMatrix(matrix)
+    np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrix), affine, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), array)
+
+
+@pytest.mark.parametrize("suffix", [".nhdr", ".mha", ".mhd"])
+def test_detached_nrrd_and_metaimage_files_are_read_with_their_geometry(tmp_path: Path, suffix: str) -> None:
+    array, affine = sample_volume(), oblique_flipped_affine()
+    image = sitk.GetImageFromArray(array)
+    spacing = np.linalg.norm(affine[:3, :3], axis=0)
+    image.SetSpacing(spacing.tolist())
+    image.SetDirection((LPS @ affine[:3, :3] / spacing).ravel().tolist())
+    image.SetOrigin((LPS @ affine[:3, 3]).tolist())
+    path = tmp_path / f"ct{suffix}"
+    sitk.WriteImage(image, str(path))
+    volume = read_volume(path)
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine, affine, rtol=0, atol=1e-9)
+    assert read_geometry(path)[0] == array.shape
+
+
+def test_uncompressed_nrrd_round_trips_with_raw_data(tmp_path: Path) -> None:
     array, affine = sample_volume(), oblique_flipped_affine()
     raw = write_volume(tmp_path / "raw.nrrd", array, affine, compress=False)
     assert header_field(raw, "encoding") == "raw"
     assert raw.read_bytes().endswith(array.astype("<i2").tobytes())
     volume = read_volume(raw)
     np.testing.assert_array_equal(volume.array, array)
-    np.testing.assert_array_equal(volume.affine, affine)
+    np.testing.assert_allclose(volume.affine, affine, rtol=0, atol=1e-12)
     gz = write_volume(tmp_path / "gz.nrrd", array, affine)
     np.testing.assert_array_equal(read_volume(gz).array, volume.array)
 
@@ -125,17 +178,17 @@ def test_synthetic_volumes_are_labelled_in_both_formats(tmp_path: Path) -> None:
     nrrd = write_volume(tmp_path / "thin.nrrd", array, affine, synthetic=label)
     assert header_field(nrrd, "encoding") == "gzip"
     lines = nrrd.read_bytes().split(b"\n\n", 1)[0].decode().splitlines()
-    assert [line for line in lines if ":=" in line] == [
-        "VolumetricSR_synthetic:=true",
+    assert sorted(line for line in lines if ":=" in line) == [  # ITK writes its dictionary sorted
         "VolumetricSR_description:=SYNTHETIC thin CT (VolumetricSR super-resolution), model "
         "tvsrn-x5-publicct",
         "VolumetricSR_model:=tvsrn-x5-publicct",
         f"VolumetricSR_model_sha256:={'ab' * 32}",
         "VolumetricSR_source:=thick CT.nii.gz",
+        "VolumetricSR_synthetic:=true",
     ]
     volume = read_volume(nrrd)
     np.testing.assert_array_equal(volume.array, array)
-    np.testing.assert_array_equal(volume.affine, affine)
+    np.testing.assert_allclose(volume.affine, affine, rtol=0, atol=1e-12)
 
     plain = write_volume(tmp_path / "plain.nii", array, affine)
     assert nib.load(plain).header["descrip"].item() == b""  # only what a network made is labelled
@@ -150,7 +203,7 @@ def test_geometry_comes_from_the_header_alone(tmp_path: Path) -> None:
         path = write_volume(tmp_path / name, array, affine)
         shape, read_affine = read_geometry(path)
         assert shape == array.shape
-        np.testing.assert_allclose(read_affine, read_volume(path).affine, rtol=0, atol=0)
+        np.testing.assert_array_equal(read_affine, read_volume(path).affine)
     nifti = tmp_path / "g.nii"
     nifti.write_bytes(nifti.read_bytes()[:400])  # the header survives, the voxels do not
     with pytest.raises(VolumeFileError):
@@ -235,7 +288,7 @@ def test_nrrd_raw_big_endian_double_in_ras_space(tmp_path: Path) -> None:
     np.testing.assert_array_equal(volume.affine, expected)  # RAS is taken as is
 
 
-def test_nrrd_bzip2_ascii_and_line_skip_encodings(tmp_path: Path) -> None:
+def test_nrrd_ascii_with_line_skip_is_read_and_bzip2_refused(tmp_path: Path) -> None:
     values = np.arange(24, dtype=np.uint8).reshape(4, 3, 2)
     common = [
         "type: uchar",
@@ -251,10 +304,11 @@ def test_nrrd_bzip2_ascii_and_line_skip_encodings(tmp_path: Path) -> None:
     ascii_file = write_nrrd_file(
         tmp_path / "a.nrrd", [*common, "encoding: ascii", "line skip: 1"], b"skip me\n" + text
     )
-    for path in (bzipped, ascii_file):
-        volume = read_volume(path)
-        np.testing.assert_array_equal(volume.array, values)
-        np.testing.assert_array_equal(np.diag(volume.affine), [-1.0, -1.0, 2.0, 1.0])
+    volume = read_volume(ascii_file)
+    np.testing.assert_array_equal(volume.array, values)
+    np.testing.assert_array_equal(np.diag(volume.affine), [-1.0, -1.0, 2.0, 1.0])
+    with pytest.raises(VolumeFileError, match=r"cannot read b.nrrd: .*bzip2 encoding not available"):
+        read_volume(bzipped)  # ITK (and so Slicer) has no bzip2: the message says what ITK lacks
 
 
 def test_nrrd_with_one_volume_on_a_list_axis_is_squeezed(tmp_path: Path) -> None:
@@ -311,13 +365,13 @@ def test_nrrd_with_only_spacings_gets_an_axis_aligned_lps_grid(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("header", "payload", "message"),
     [
-        (["data file: ct.raw"], b"", "separate data file"),
-        (["space: scanner-xyz"], b"", "unsupported NRRD space"),
-        (["encoding: hex"], b"", "unsupported NRRD encoding"),
-        (["type: block"], b"", "unsupported NRRD voxel type"),
-        (["encoding: raw"], b"\x00" * 10, "truncated"),
-        (["encoding: gzip"], b"not gzip data at all", "corrupt"),
-        (["space directions: (1,0) (0,1,0) (0,0,1)"], b"", "3D vectors"),
+        (["data file: ct.raw"], b"", r'couldn\'t open ".*ct\.raw" \(data file 1 of 1\)'),
+        (["space: nowhere"], b"\x00" * 48, 'couldn\'t parse space "nowhere"'),
+        (["encoding: hex"], b"\x00" * 48, "hit invalid character"),
+        (["type: block"], b"", "type is block, but missing field: block size"),
+        (["encoding: raw"], b"\x00" * 10, "fread got only 5 2-sized things, not 24"),
+        (["encoding: gzip"], b"not gzip data at all", "expected 48 bytes but received 20"),
+        (["space directions: (1,0) (0,1,0) (0,0,1)"], b"", "parsed 2 values, but space dimension is 3"),
     ],
 )
 def test_bad_nrrd_files_are_refused_with_the_reason(
@@ -336,22 +390,27 @@ def test_bad_nrrd_files_are_refused_with_the_reason(
         name, value = line.split(": ", 1)
         fields[name] = value
     path = write_nrrd_file(tmp_path / "bad.nrrd", [f"{k}: {v}" for k, v in fields.items()], payload)
-    with pytest.raises(VolumeFileError, match=message):
+    with pytest.raises(VolumeFileError) as refused:
         read_volume(path)
+    assert str(refused.value).startswith("cannot read bad.nrrd: the file is unreadable or corrupt (")
+    assert re.search(message, str(refused.value))
+    assert str(refused.value).endswith("; check the file, or save it again (e.g. from 3D Slicer)")
 
 
 def test_a_file_that_is_not_nrrd_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "fake.nrrd"
     path.write_bytes(b"P6\n3 2\n255\n" + bytes(18))
-    with pytest.raises(VolumeFileError, match="not a NRRD file"):
+    with pytest.raises(
+        VolumeFileError, match=r'unreadable or corrupt .Unable to determine ImageIO reader for "'
+    ):
         read_volume(path)
 
 
-def test_nrrd_reader_keeps_the_file_space_and_signs() -> None:
-    image = read_nrrd(shared_ct("ChestImagingPlatform/crop_ct_2slices.nrrd"))
-    assert image.to_ras == (-1.0, -1.0, 1.0)
-    np.testing.assert_allclose(image.origin, [-123.441356, -302.975712, -102.0])
-    assert image.fields["encoding"] == "raw"
+def test_real_nrrd_origin_is_simpleitks_lps_origin_in_ras() -> None:
+    path = shared_ct("ChestImagingPlatform/crop_ct_2slices.nrrd")
+    assert header_field(path, "encoding") == "raw"
+    np.testing.assert_allclose(sitk.ReadImage(str(path)).GetOrigin(), [-123.441356, -302.975712, -102.0])
+    np.testing.assert_allclose(read_volume(path).affine[:3, 3], [123.441356, 302.975712, -102.0])
 
 
 # ---------------------------------------------------------------- refused inputs
@@ -360,18 +419,20 @@ def test_nrrd_reader_keeps_the_file_space_and_signs() -> None:
 def test_missing_unknown_and_folder_inputs_are_refused(tmp_path: Path) -> None:
     with pytest.raises(VolumeFileError, match="file not found"):
         read_volume(tmp_path / "absent.nii.gz")
-    (tmp_path / "image.mha").write_bytes(b"ObjectType = Image\n")
-    with pytest.raises(VolumeFileError, match="unsupported file type"):
-        read_volume(tmp_path / "image.mha")
+    (tmp_path / "image.png").write_bytes(b"\x89PNG\r\n")
+    with pytest.raises(VolumeFileError, match=r"unsupported file type; use one of .nii, .nii.gz, .nrrd"):
+        read_volume(tmp_path / "image.png")
     (tmp_path / "image.nhdr").write_text("NRRD0004\n")
-    with pytest.raises(VolumeFileError, match="detached NRRD"):
+    with pytest.raises(VolumeFileError, match=r'cannot read image.nhdr: .*no "data file" given'):
         read_volume(tmp_path / "image.nhdr")
-    with pytest.raises(VolumeFileError, match="is a folder"):
+    with pytest.raises(VolumeFileError, match="is a folder without DICOM files"):
         read_volume(tmp_path)
+    with pytest.raises(VolumeFileError, match=r"a series .1.2.3. was chosen, but image.nhdr is a file"):
+        read_volume(tmp_path / "image.nhdr", series="1.2.3")
 
 
 def test_truncated_and_garbage_nifti_are_refused(tmp_path: Path) -> None:
-    source = shared_ct("TotalSegmentator/example_ct_sm.nii.gz").read_bytes()
+    source = write_volume(tmp_path / "whole.nii.gz", sample_volume(), np.eye(4)).read_bytes()
     truncated = tmp_path / "truncated.nii.gz"
     truncated.write_bytes(source[: len(source) // 2])
     with pytest.raises(VolumeFileError, match="unreadable or corrupt"):
@@ -402,19 +463,21 @@ def test_4d_nifti_with_several_volumes_is_refused_and_with_one_is_read(tmp_path:
 
 
 def test_nrrd_with_several_volumes_is_refused(tmp_path: Path) -> None:
+    header = [
+        "type: uchar",
+        "dimension: 4",
+        "space: LPS",
+        "sizes: 3 2 3 4",
+        "space directions: none (1,0,0) (0,1,0) (0,0,1)",
+        "encoding: raw",
+    ]
     path = write_nrrd_file(
-        tmp_path / "vectors.nrrd",
-        [
-            "type: uchar",
-            "dimension: 4",
-            "space: LPS",
-            "sizes: 3 2 3 4",
-            "space directions: none (1,0,0) (0,1,0) (0,0,1)",
-            "encoding: raw",
-        ],
-        bytes(72),
+        tmp_path / "vectors.nrrd", [*header, "kinds: vector domain domain domain"], bytes(72)
     )
-    with pytest.raises(VolumeFileError, match="holds 3 volumes"):
+    with pytest.raises(VolumeFileError, match="holds 3 volumes or components per voxel; give a single 3D"):
+        read_volume(path)
+    path = write_nrrd_file(tmp_path / "unkinded.nrrd", header, bytes(72))  # ITK needs the axis kinds
+    with pytest.raises(VolumeFileError, match=r"number of domain axes in the NRRD file .4. doesn't match"):
         read_volume(path)
 
 
@@ -447,10 +510,12 @@ def test_output_checks_name_type_and_folder(tmp_path: Path) -> None:
     assert check_output_path(None, tmp_path / "ok.nii.gz") == tmp_path / "ok.nii.gz"
     with pytest.raises(VolumeFileError, match="unsupported file type"):
         check_output_path(None, tmp_path / "out.png")
+    with pytest.raises(VolumeFileError, match=r"out.mha: unsupported file type for an output"):
+        check_output_path(None, tmp_path / "out.mha")
     with pytest.raises(VolumeFileError, match="does not exist"):
         check_output_path(None, tmp_path / "missing" / "out.nrrd")
     (tmp_path / "dir.nrrd").mkdir()
-    with pytest.raises(VolumeFileError, match="is a folder"):
+    with pytest.raises(VolumeFileError, match=r"is a folder; give a file name ending in .nii.gz or .nrrd"):
         check_output_path(None, tmp_path / "dir.nrrd", overwrite=True)
 
 
@@ -469,3 +534,31 @@ def test_bad_arrays_and_affines_are_refused(tmp_path: Path) -> None:
     with pytest.raises(VolumeFileError, match="finite 4 x 4"):
         write_volume(tmp_path / "a.nii.gz", np.zeros((3, 3, 3), np.int16), affine)
     assert list(tmp_path.iterdir()) == []
+
+
+# ---------------------------------------------------------------- output kinds and a light import
+
+
+def test_the_output_kind_comes_from_the_extension_a_folder_or_the_format(tmp_path: Path) -> None:
+    (tmp_path / "series").mkdir()
+    (tmp_path / "dir.nrrd").mkdir()
+    assert output_format(tmp_path / "a.nii.gz") == output_format(tmp_path / "a.NII") == "nifti"
+    assert output_format(tmp_path / "a.nrrd") == output_format(tmp_path / "dir.nrrd") == "nrrd"
+    assert output_format(tmp_path / "series") == "dicom"  # an existing folder
+    assert output_format(f"{tmp_path / 'new'}/") == "dicom"  # a folder to be made
+    assert output_format(tmp_path / "anything.nii.gz", "dicom") == "dicom"
+    with pytest.raises(VolumeFileError, match=r"new: unsupported file type for an output; .*ending in '/'"):
+        output_format(tmp_path / "new")
+    with pytest.raises(VolumeFileError, match="unknown output format 'png'; use one of auto, dicom"):
+        output_format(tmp_path / "a.nii", "png")
+
+
+def test_importing_volume_io_loads_no_simpleitk_pydicom_nibabel_or_torch() -> None:
+    """Slicer's GUI process imports volume_io: the heavy readers wait until a file needs them."""
+    check = (
+        "import sys; import VolumetricSRLib.volume_io; "
+        "print(sorted({'SimpleITK', 'pydicom', 'nibabel', 'torch'} & set(sys.modules)))"
+    )
+    env = {"PYTHONPATH": str(REPO / "VolumetricSR")}
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, check=True)
+    assert done.stdout.strip() == "[]"

@@ -17,6 +17,7 @@ import warnings
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -27,9 +28,18 @@ from .device import DeviceError, describe_device, resolve_device, use_physical_c
 from .fallback import super_resolve_with_fallback
 from .geometry import GeometryError, voxel_spacing
 from .intensity import to_int16_hu
+from .model_cards import ModelCard
 from .network import TVSRN, VARIANTS, TVSRNConfig
 from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
-from .volume_io import VolumeFileError, check_output_path, read_volume, write_volume
+from .volume_io import (
+    FORMATS,
+    Volume,
+    VolumeFileError,
+    check_output_path,
+    output_format,
+    read_volume,
+    write_volume,
+)
 from .weights import ModelFileError, NoModelError, default_model_path, load_model
 
 BAD_INPUT = 2
@@ -60,12 +70,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     predict = commands.add_parser(
         "predict",
-        help="super-resolve a CT volume file",
-        description="Read a thick CT (.nii, .nii.gz or .nrrd), super-resolve it along the slice axis and "
-        "write the thin CT (int16 HU) in the format given by OUTPUT's extension.",
+        help="super-resolve a CT volume file or DICOM series",
+        description="Read a thick CT (.nii, .nii.gz, .nrrd, .nhdr, .mha or a folder holding a DICOM series), "
+        "super-resolve it along the slice axis and write the thin CT (int16 HU) in the format given by "
+        "OUTPUT: a file by its extension, or a derived DICOM series in a folder.",
     )
-    predict.add_argument("input", type=Path, help="thick CT volume (.nii, .nii.gz or .nrrd)")
-    predict.add_argument("output", type=Path, help="thin CT to write (.nii, .nii.gz or .nrrd)")
+    predict.add_argument(
+        "input",
+        type=Path,
+        help="thick CT: a volume file (.nii, .nii.gz, .nrrd, ...) or a DICOM series folder",
+    )
+    predict.add_argument(
+        "output",
+        help="thin CT to write: .nii, .nii.gz or .nrrd, or a folder (an existing one or a path ending "
+        "in '/') for a DICOM series",
+    )
+    predict.add_argument(
+        "--series", help="SeriesInstanceUID of the series to read when the input folder holds several"
+    )
+    predict.add_argument(
+        "--format",
+        choices=FORMATS,
+        default="auto",
+        help="auto (by OUTPUT: extension or folder) or dicom (write a DICOM series into the folder OUTPUT)",
+    )
     add_model_and_device_arguments(predict)
     predict.add_argument(
         "--tile", type=int, help="in-plane tile size in pixels, to save memory (default: whole slices)"
@@ -97,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="shared thin slices: mean of the windows, or the central ones, later windows overwriting "
         "(the authors' scheme, with --depth-overlap 2) (default: mean)",
     )
-    predict.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    predict.add_argument(
+        "--overwrite", action="store_true", help="replace OUTPUT if it exists (a folder: only of DICOM files)"
+    )
     predict.add_argument(
         "--no-compress",
         dest="compress",
@@ -198,9 +228,9 @@ def _print_warning(
 
 def run_predict(args: argparse.Namespace) -> int:
     """The `predict` command."""
-    output = check_output_path(args.input, args.output, args.overwrite)
+    output = check_output_path(args.input, args.output, args.overwrite, args.format)
     use_physical_cores()
-    volume = read_volume(args.input)
+    volume = read_volume(args.input, args.series)
     device = resolve_device(args.device)
     model_path = args.model if args.model is not None else default_model_path()
     if model_path is None:
@@ -244,16 +274,7 @@ def run_predict(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     thin_hu = to_int16_hu(thin)
     del thin
-    synthetic = {"model": card.id, "model_sha256": card.sha256, "source": Path(args.input).name}
-    write_volume(
-        output,
-        thin_hu,
-        affine,
-        overwrite=args.overwrite,
-        input_path=args.input,
-        compress=args.compress,
-        synthetic=synthetic,
-    )
+    _write_thin(args, output, thin_hu, affine, volume, card)
     k, j, i = thin_hu.shape
     spacing = voxel_spacing(affine)
     ran_on = describe_device(resolve_device(used.device))
@@ -278,6 +299,38 @@ def run_predict(args: argparse.Namespace) -> int:
     if peak is not None:
         print(f"peak memory (resident): {peak / 2**30:.2f} GiB")
     return 0
+
+
+def _write_thin(
+    args: argparse.Namespace,
+    output: Path,
+    thin_hu: np.ndarray,
+    affine: np.ndarray,
+    volume: Volume,
+    card: ModelCard,
+) -> None:
+    """Write the thin CT labelled synthetic (model id, weights sha256, input); a DICOM series goes into
+    the input's study when the input was DICOM, else into a new anonymous one (and a warning says so)."""
+    synthetic = {"model": card.id, "model_sha256": card.sha256, "source": Path(args.input).name}
+    if volume.dicom is not None:
+        synthetic["source_series_uid"] = volume.dicom.series_uid
+    elif output_format(args.output, args.format) == "dicom":
+        warnings.warn(
+            f"the input is not DICOM, so the series in {output} is filed under a new anonymous patient and "
+            "study; move it to the right patient in your DICOM tools if needed",
+            stacklevel=1,
+        )
+    write_volume(
+        args.output,  # as typed: a trailing '/' asks for a DICOM folder
+        thin_hu,
+        affine,
+        overwrite=args.overwrite,
+        input_path=args.input,
+        compress=args.compress,
+        synthetic=synthetic,
+        out_format=args.format,
+        dicom_source=volume.dicom,
+    )
 
 
 def _emit_progress(fraction: float, message: str) -> None:

@@ -1,4 +1,9 @@
-"""Read and write CT volumes (NIfTI .nii / .nii.gz and NRRD .nrrd) as (K, J, I) arrays + RAS affines."""
+"""Read and write CT volumes as (K, J, I) arrays + RAS affines: NIfTI (.nii, .nii.gz, with nibabel),
+NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd) with SimpleITK, and DICOM series folders (dicom_io).
+
+SimpleITK, nibabel and the DICOM module are imported on first use: Slicer's GUI process imports this
+module and must stay light.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +11,24 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .atomic import atomic_path
 from .geometry import voxel_spacing
-from .nrrd import NrrdError, NrrdImage, read_nrrd, write_nrrd
 
-SUPPORTED = (".nii", ".nii.gz", ".nrrd")
+if TYPE_CHECKING:
+    from .dicom_io import DicomSource
+
+SUPPORTED = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
+WRITABLE = (".nii", ".nii.gz", ".nrrd")
+FORMATS = ("auto", "dicom")
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
-
+# numpy types SimpleITK stores as scalar voxels
+_ITK_DTYPES = frozenset(
+    np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)
+) | {np.dtype(np.float32), np.dtype(np.float64)}
 
 SYNTHETIC_LABEL = "SYNTHETIC thin CT (VolumetricSR super-resolution)"
 
@@ -26,11 +39,15 @@ class VolumeFileError(ValueError):
 
 @dataclass
 class Volume:
-    """A 3D volume: `array` (K, J, I) in the stored dtype, `affine` mapping (i, j, k, 1) to RAS (mm)."""
+    """A 3D volume: `array` (K, J, I) in the stored dtype, `affine` mapping (i, j, k, 1) to RAS (mm).
+
+    `dicom` tells which DICOM series a volume read from a DICOM folder came from (None otherwise).
+    """
 
     array: np.ndarray
     affine: np.ndarray
     path: Path | None = None
+    dicom: DicomSource | None = None
 
     @property
     def spacing(self) -> np.ndarray:
@@ -39,57 +56,97 @@ class Volume:
 
 
 def file_kind(path: str | Path) -> str:
-    """'nifti' or 'nrrd' by extension; refuses anything else."""
+    """'nifti', 'nrrd' or 'metaimage' by extension; refuses anything else."""
     name = Path(path).name.lower()
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
-    if name.endswith(".nrrd"):
+    if name.endswith((".nrrd", ".nhdr")):
         return "nrrd"
-    if name.endswith(".nhdr"):
-        raise VolumeFileError(
-            f"{Path(path).name}: detached NRRD (.nhdr + data file) is not supported; "
-            "save it as a single .nrrd"
-        )
+    if name.endswith((".mha", ".mhd")):
+        return "metaimage"
     raise VolumeFileError(
-        f"{Path(path).name}: unsupported file type; use one of {', '.join(SUPPORTED)} "
-        "(convert DICOM or other formats first, e.g. in 3D Slicer)"
+        f"{Path(path).name}: unsupported file type; use one of {', '.join(SUPPORTED)} or a folder "
+        "holding a DICOM series"
     )
 
 
-def read_volume(path: str | Path) -> Volume:
-    """Read a 3D volume; refuses missing, unknown, corrupt, 2D and multi-volume files."""
+def output_format(path: str | Path, requested: str = "auto") -> str:
+    """'nifti', 'nrrd' or 'dicom' for an output: DICOM when asked for, or when the path is a folder
+    (an existing one, or text ending in '/') without a volume file extension."""
+    if requested not in FORMATS:
+        raise VolumeFileError(f"unknown output format {requested!r}; use one of {', '.join(FORMATS)}")
+    text = str(path)
+    if requested == "dicom":
+        return "dicom"
+    if not text.lower().endswith(SUPPORTED) and (Path(text).is_dir() or text.endswith(("/", os.sep))):
+        return "dicom"
+    if not text.lower().endswith(WRITABLE):
+        raise VolumeFileError(
+            f"{Path(text).name}: unsupported file type for an output; give a file name ending in "
+            f"{', '.join(WRITABLE)}, or a folder (a path ending in '/', or --format dicom) for a DICOM series"
+        )
+    return file_kind(text)
+
+
+def read_volume(path: str | Path, series: str | None = None) -> Volume:
+    """Read a 3D volume file, or the CT series of a DICOM folder (`series`: its SeriesInstanceUID,
+    needed when the folder holds several); refuses missing, unknown, corrupt, 2D and multi-volume input."""
     path = Path(path)
     if not path.exists():
         raise VolumeFileError(f"file not found: {path}")
     if path.is_dir():
-        raise VolumeFileError(f"{path} is a folder; give a {', '.join(SUPPORTED)} file")
+        from .dicom_io import read_dicom_series
+
+        return read_dicom_series(path, series)
+    if series is not None:
+        raise VolumeFileError(
+            f"a series ({series}) was chosen, but {path.name} is a file, not a DICOM folder"
+        )
     kind = file_kind(path)
     try:
-        array, affine = _read_nifti(path) if kind == "nifti" else _read_nrrd(path)
+        array, affine = _read_nifti(path) if kind == "nifti" else _read_itk(path, kind)
     except VolumeFileError:
         raise
-    except Exception as exc:  # nibabel, gzip and numpy raise many types for a damaged file
-        raise VolumeFileError(f"cannot read {path.name}: the file is unreadable or corrupt ({exc})") from exc
+    except Exception as exc:  # nibabel, SimpleITK, gzip and numpy raise many types for a damaged file
+        raise _unreadable(path, exc) from exc
     if 1 in array.shape:
         raise _flat_image_error(path, array.shape[::-1])
     return Volume(array=array, affine=affine, path=path)
 
 
 def read_geometry(path: str | Path) -> tuple[tuple[int, int, int], np.ndarray]:
-    """Shape (K, J, I) and voxel-to-world affine of a volume file, without its voxels for NIfTI
-    (its header alone is read); an NRRD file is read whole. Errors as read_volume's."""
+    """Shape (K, J, I) and voxel-to-world affine of a volume, without its voxels for NIfTI (its header
+    alone is read); other formats are read whole. Errors as read_volume's."""
     path = Path(path)
-    if file_kind(path) != "nifti" or not path.is_file():
+    if not path.is_file() or file_kind(path) != "nifti":
         volume = read_volume(path)
         return volume.array.shape, volume.affine
     try:
         image = _nibabel().load(path)
     except Exception as exc:  # nibabel raises many types for a damaged file
-        raise VolumeFileError(f"cannot read {path.name}: the file is unreadable or corrupt ({exc})") from exc
+        raise _unreadable(path, exc) from exc
     shape = image.shape
     if len(shape) < 3 or int(np.prod(shape[3:])) > 1 or 1 in shape[:3]:
         raise VolumeFileError(f"{path.name} is not a single 3D volume (shape {shape})")
     return (shape[2], shape[1], shape[0]), np.asarray(image.affine, dtype=np.float64)
+
+
+def _unreadable(path: Path, exc: Exception) -> VolumeFileError:
+    return VolumeFileError(
+        f"cannot read {path.name}: the file is unreadable or corrupt ({_reason(exc)}); "
+        "check the file, or save it again (e.g. from 3D Slicer)"
+    )
+
+
+def _reason(exc: Exception) -> str:
+    """The useful line of an error: for ITK's multi-line reports, its last line without the source prefix."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    last = lines[-1]
+    if last.startswith("[nrrd]"):
+        last = last.split(":", 1)[-1].strip()
+    return last.removeprefix("sitk::ERROR: ").removeprefix("ITK ERROR: ")
 
 
 def _flat_image_error(path: Path, sizes: tuple[int, ...]) -> VolumeFileError:
@@ -120,58 +177,64 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(data.transpose(2, 1, 0)), np.array(image.affine, dtype=np.float64)
 
 
-def _read_nrrd(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        image = read_nrrd(path)
-    except NrrdError as exc:
-        raise VolumeFileError(str(exc)) from exc
-    sizes = image.array.shape[::-1]  # NRRD axis order
-    spatial = _spatial_axes(image, path)
-    if len(spatial) < 3:
-        raise _flat_image_error(path, tuple(sizes[axis] for axis in spatial))
-    if len(spatial) > 3:
-        raise VolumeFileError(f"{path.name} has {len(spatial)} spatial axes; a 3D volume is needed")
-    extra = [axis for axis in range(len(sizes)) if axis not in spatial]
-    volumes = int(np.prod([sizes[axis] for axis in extra]))
-    if volumes > 1:
-        raise VolumeFileError(f"{path.name} holds {volumes} volumes or components; give a single 3D volume")
-    array = image.array.reshape([sizes[axis] for axis in reversed(spatial)])
-    affine = np.eye(4)
-    if image.directions is not None:
-        directions = np.column_stack([image.directions[axis] for axis in spatial])
-        affine[:3, :3] = np.diag(image.to_ras) @ directions
-    else:
-        affine[:3, :3] = 0.0  # no geometry: reported as missing spacing by the geometry checks
-    if image.origin is not None:
-        affine[:3, 3] = np.array(image.to_ras) * image.origin
-    return np.ascontiguousarray(array), affine
+def _read_itk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
+    """NRRD or MetaImage with SimpleITK: ITK's LPS geometry turned into a RAS affine."""
+    import SimpleITK as sitk
 
-
-def _spatial_axes(image: NrrdImage, path: Path) -> list[int]:
-    """NRRD axes that lie in world space (all three of a 3D file without space directions)."""
-    dimension = image.array.ndim
-    if image.directions is not None:
-        return [axis for axis, vector in enumerate(image.directions) if vector is not None]
-    if dimension > 3:
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    reader.ReadImageInformation()
+    if reader.GetDimension() < 3:
+        raise _flat_image_error(path, reader.GetSize())
+    if reader.GetDimension() > 3:
+        raise VolumeFileError(f"{path.name} has {reader.GetDimension()} spatial axes; a 3D volume is needed")
+    if reader.GetNumberOfComponents() > 1:
         raise VolumeFileError(
-            f"{path.name} has {dimension} axes and no space directions telling which are spatial"
+            f"{path.name} holds {reader.GetNumberOfComponents()} volumes or components per voxel; give a "
+            "single 3D volume"
         )
-    return list(range(dimension))
+    image = reader.Execute()
+    array = sitk.GetArrayFromImage(image)
+    affine = np.eye(4)
+    if kind == "nrrd" and not _nrrd_has_spacing(path):
+        affine[:3, :3] = 0.0  # no geometry: reported as missing spacing by the geometry checks
+        return array, affine
+    directions = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine[:3, :3] = _LPS_TO_RAS @ directions @ np.diag(image.GetSpacing())
+    affine[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=np.float64)
+    return array, affine
+
+
+def _nrrd_has_spacing(path: Path) -> bool:
+    """Whether a NRRD header gives 'space directions' or 'spacings' (without them ITK assumes 1 mm)."""
+    with open(path, "rb") as stream:
+        header = stream.read(1 << 16).replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    fields = {line.split(b":", 1)[0].strip().lower() for line in header.split(b"\n")[1:]}
+    return bool(fields & {b"space directions", b"spacings"})
 
 
 def check_output_path(
-    input_path: str | Path | None, output_path: str | Path, overwrite: bool = False
+    input_path: str | Path | None, output_path: str | Path, overwrite: bool = False, out_format: str = "auto"
 ) -> Path:
-    """Refuse an output that is the input, exists (unless overwrite), has an unknown type or no folder."""
+    """Refuse an output that is the input, exists (unless overwrite), has an unknown type or no folder.
+
+    A DICOM output (see output_format) is a folder: dicom_io.check_output_folder decides.
+    """
+    if output_format(output_path, out_format) == "dicom":
+        from .dicom_io import check_output_folder
+
+        return check_output_folder(input_path, output_path, overwrite)
     output = Path(output_path)
-    file_kind(output)
     if input_path is not None and _same_file(Path(input_path), output):
         raise VolumeFileError(
             f"the output {output} is the input file; choose another output path "
             "(the input is never overwritten)"
         )
     if output.is_dir():
-        raise VolumeFileError(f"the output {output} is a folder; give a file name ending in .nii.gz or .nrrd")
+        raise VolumeFileError(
+            f"the output {output} is a folder; give a file name ending in .nii.gz or .nrrd "
+            "(or --format dicom to write a DICOM series into a folder)"
+        )
     if output.exists() and not overwrite:
         raise VolumeFileError(
             f"{output} already exists; choose another name or ask to overwrite it (--overwrite)"
@@ -195,37 +258,43 @@ def write_volume(
     input_path: str | Path | None = None,
     compress: bool = True,
     synthetic: Mapping[str, str] | None = None,
+    out_format: str = "auto",
+    dicom_source: DicomSource | None = None,
 ) -> Path:
-    """Write (K, J, I) voxels with a RAS affine as NIfTI or NRRD, by extension, atomically.
+    """Write (K, J, I) voxels with a RAS affine as NIfTI, NRRD (by extension) or a DICOM series
+    (see output_format), atomically.
 
     `compress=False` writes NRRD data raw instead of gzip (NIfTI: the extension decides).
-    `synthetic` (e.g. {"model": id, "model_sha256": ..., "source": ...}) labels a volume made by a
-    network: NIfTI `descrip` starts with SYNTHETIC_LABEL and `intent_name` is "SYNTHETIC"; NRRD gets
-    `VolumetricSR_synthetic:=true` and one `VolumetricSR_<key>:=<value>` line per entry.
-    The file appears complete or not at all: it is written to a hidden temporary file in the same
-    folder, then renamed. NIfTI gets sform and qform code 1 (scanner); NRRD is written in LPS, gzip.
+    `synthetic` (e.g. {"model": id, "model_sha256": ..., "source": ..., "source_series_uid": ...})
+    labels a volume made by a network: NIfTI `descrip` starts with SYNTHETIC_LABEL and `intent_name`
+    is "SYNTHETIC"; NRRD gets `VolumetricSR_synthetic:=true` and one `VolumetricSR_<key>:=<value>`
+    line per entry; DICOM gets a derived series (dicom_io.write_dicom_series, which copies patient
+    and study from `dicom_source`). A file appears complete or not at all: it is written to a hidden
+    temporary file in the same folder, then renamed. NIfTI gets sform and qform code 1 (scanner);
+    NRRD is written in LPS.
     """
-    path = check_output_path(input_path, path, overwrite)
+    kind = output_format(path, out_format)
+    path = check_output_path(input_path, path, overwrite, out_format)
     array = np.asarray(array)
     affine = np.asarray(affine, dtype=np.float64)
     if array.ndim != 3:
         raise VolumeFileError(f"only 3D volumes are written, got an array of shape {array.shape}")
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise VolumeFileError("the voxel-to-world matrix must be a finite 4 x 4 matrix")
-    kind = file_kind(path)
+    if kind == "dicom":
+        from .dicom_io import write_dicom_series
+
+        return write_dicom_series(path, array, affine, synthetic or {}, dicom_source, overwrite)
+    labels = None if synthetic is None or kind != "nrrd" else _nrrd_labels(synthetic)
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     try:
         with atomic_path(path, suffix) as temporary:
             if kind == "nifti":
                 _write_nifti(temporary, array, affine, path.name, synthetic)
             else:
-                directions, origin = _LPS_TO_RAS @ affine[:3, :3], _LPS_TO_RAS @ affine[:3, 3]
-                labels = None if synthetic is None else _nrrd_labels(synthetic)
-                write_nrrd(temporary, array, directions, origin, compress=compress, key_values=labels)
+                _write_nrrd(temporary, array, affine, path.name, compress, labels)
     except OSError as exc:
         raise VolumeFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    except NrrdError as exc:
-        raise VolumeFileError(f"cannot write {path.name}: {exc}") from exc
     return path
 
 
@@ -235,10 +304,56 @@ def synthetic_description(synthetic: Mapping[str, str]) -> str:
     return f"{SYNTHETIC_LABEL}, model {model}"[:80] if model else SYNTHETIC_LABEL
 
 
+def synthetic_series_description(model: str) -> str:
+    """SeriesDescription of a synthetic DICOM series: 'SYNTHETIC thin CT VolumetricSR <model>' (<= 64)."""
+    return f"SYNTHETIC thin CT VolumetricSR {model}".strip()[:64]
+
+
 def _nrrd_labels(synthetic: Mapping[str, str]) -> dict[str, str]:
     labels = {"VolumetricSR_synthetic": "true", "VolumetricSR_description": synthetic_description(synthetic)}
     labels.update({f"VolumetricSR_{key}": str(value) for key, value in synthetic.items()})
+    for key, value in labels.items():
+        if ":=" in key or any(c in f"{key}{value}" for c in "\r\n"):
+            raise VolumeFileError(
+                f"NRRD key/value {key!r}: {value!r} must be one line and the key without ':='; "
+                "remove the line breaks from the label"
+            )
     return labels
+
+
+def _write_nrrd(
+    path: Path,
+    array: np.ndarray,
+    affine: np.ndarray,
+    name: str,
+    compress: bool,
+    labels: Mapping[str, str] | None,
+) -> None:
+    """NRRD with SimpleITK in LPS: spacing and direction from the affine's columns."""
+    import SimpleITK as sitk
+
+    dtype = np.dtype(array.dtype).newbyteorder("=")
+    if dtype not in _ITK_DTYPES:
+        raise VolumeFileError(
+            f"cannot store {array.dtype} voxels in {name}; convert them to int16 or float32"
+        )
+    linear = _LPS_TO_RAS @ affine[:3, :3]
+    spacing = np.linalg.norm(linear, axis=0)
+    if np.any(spacing <= 0):
+        raise VolumeFileError(f"cannot write {name}: an axis of the voxel-to-world matrix has zero length")
+    image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))
+    image.SetSpacing([float(s) for s in spacing])
+    image.SetDirection([float(v) for v in (linear / spacing).ravel()])
+    image.SetOrigin([float(v) for v in _LPS_TO_RAS @ affine[:3, 3]])
+    for key, value in (labels or {}).items():
+        image.SetMetaData(key, value)
+    writer = sitk.ImageFileWriter()
+    writer.SetFileName(str(path))
+    writer.SetUseCompression(compress)
+    try:
+        writer.Execute(image)
+    except RuntimeError as exc:  # ITK reports a failed write (full disk, no permission) this way
+        raise VolumeFileError(f"cannot write {name}: {_reason(exc)}") from exc
 
 
 def _write_nifti(

@@ -28,6 +28,7 @@ from .volume_nodes import (
     check_input_volume,
     check_output_volume,
     copy_window_level,
+    mark_synthetic_for_dicom_export,
     parent_transform_kind,
     place_beside,
     set_provenance,
@@ -208,6 +209,7 @@ class SuperResolutionJob:
         copy_window_level(self._input, output)
         if created:
             place_beside(self._input, output)
+        mark_synthetic_for_dicom_export(output, done["model"])
         set_provenance(
             output,
             {

@@ -13,6 +13,8 @@ import numpy as np
 import slicer
 import vtk
 
+from VolumetricSRLib.volume_io import synthetic_series_description
+
 PROVENANCE_PREFIX = "VolumetricSR."
 SOURCE_NODE_KEY = "SourceNodeID"
 
@@ -156,6 +158,28 @@ def place_beside(source: slicer.vtkMRMLNode, target: slicer.vtkMRMLNode) -> int:
     else:
         target_item = hierarchy.CreateItem(parent, target)
     return target_item
+
+
+def mark_synthetic_for_dicom_export(node: slicer.vtkMRMLNode, model_id: str) -> int:
+    """Make Slicer's DICOM export of `node` say SYNTHETIC; returns its subject-hierarchy item id.
+
+    The export dialog (qSlicerDICOMTagEditorWidget) takes a series tag from the item attribute
+    'DICOM.<tag>' before the scalar-volume exporter's default ('No series description', 'Unknown
+    manufacturer', ...): the item gets SeriesDescription, Manufacturer and Model (the model id).
+    A node without an item (no subject-hierarchy plugins, as in slicer-core) gets one at the top.
+    """
+    hierarchy = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(node.GetScene())
+    item = hierarchy.GetItemByDataNode(node) or hierarchy.CreateItem(hierarchy.GetSceneItemID(), node)
+    prefix = slicer.vtkMRMLSubjectHierarchyConstants.GetDICOMAttributePrefix()
+    tags = {
+        "SeriesDescription": synthetic_series_description(model_id),
+        "Modality": "CT",
+        "Manufacturer": "VolumetricSR",
+        "Model": model_id,
+    }
+    for tag, value in tags.items():
+        hierarchy.SetItemAttribute(item, prefix + tag, value)
+    return item
 
 
 def set_provenance(node: slicer.vtkMRMLNode, values: Mapping[str, object]) -> None:
