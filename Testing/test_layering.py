@@ -47,7 +47,16 @@ def test_the_mrml_adapter_imports_no_qt_and_no_torch(path: Path) -> None:
 
 @pytest.mark.parametrize(
     "name",
-    ["child_run.py", "model_cards.py", "network_config.py", "volume_io.py", "geometry.py", "atomic.py"],
+    [
+        "child_run.py",
+        "model_cards.py",
+        "network_config.py",
+        "baseline_config.py",
+        "architectures.py",
+        "volume_io.py",
+        "geometry.py",
+        "atomic.py",
+    ],
 )
 def test_what_the_gui_process_loads_of_the_core_needs_no_torch(name: str) -> None:
     assert not imported_roots(CORE / name, top_level_only=True) & {"torch", "safetensors", "nibabel"}

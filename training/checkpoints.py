@@ -9,8 +9,9 @@ import json
 from pathlib import Path
 
 import torch
+from torch import nn
 
-from VolumetricSRLib.network import TVSRN, TVSRNConfig
+from VolumetricSRLib.networks import build_network
 
 
 def state_digest(model: torch.nn.Module) -> str:
@@ -35,9 +36,9 @@ def read_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> dic
     return state
 
 
-def network_from_checkpoint(path: str | Path) -> tuple[TVSRN, dict]:
-    """The trained network of a checkpoint, and the checkpoint (config decoded)."""
+def network_from_checkpoint(path: str | Path) -> tuple[nn.Module, dict]:
+    """The trained network of a checkpoint (the architecture its config names), and the checkpoint."""
     state = read_checkpoint(path)
-    network = TVSRN(TVSRNConfig.from_dict(state["config"]["model"]))
+    network = build_network(state["config"]["model"])
     network.load_state_dict(state["model"])
     return network, state

@@ -1,4 +1,5 @@
-"""Training configuration: a TOML file plus `key=value` command-line overrides."""
+"""Training configuration: a TOML file (optionally on top of a `base` TOML file) plus `key=value`
+command-line overrides."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from VolumetricSRLib.network import TVSRNConfig
+from VolumetricSRLib.architectures import ModelConfig, config_from_dict
 
 
 @dataclass
@@ -16,6 +17,7 @@ class TrainConfig:
     """Everything a training run depends on; stored in every checkpoint."""
 
     run_dir: str = "runs/tvsrn"
+    # the network: TVSRNConfig fields, or arch = "resvox" | "mpunet" | "saint" | "davsr" and that config's
     model: dict = field(default_factory=lambda: {"output": "residual"})
     # data: thin-only CT volumes for pseudo pairs, with sampling weights; or an RPLHR-CT root
     train_volumes: list = field(default_factory=list)
@@ -58,7 +60,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self._check_types()
-        TVSRNConfig.from_dict(self.model)
+        config_from_dict(self.model)
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
@@ -95,8 +97,8 @@ class TrainConfig:
             )
 
     @property
-    def network(self) -> TVSRNConfig:
-        return TVSRNConfig.from_dict(self.model)
+    def network(self) -> ModelConfig:
+        return config_from_dict(self.model)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -182,12 +184,25 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return data
 
 
+def read_toml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A TOML config; `base = "FILE"` (relative to the file) takes every setting of FILE that this file
+    does not set itself (a whole table, such as `model`, replaces the base's)."""
+    path = Path(path).resolve()
+    if path in seen:
+        raise ValueError(f"config base cycle: {' -> '.join(p.name for p in (*seen, path))}")
+    with open(path, "rb") as handle:
+        data = tomllib.load(handle)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    if not isinstance(base, str):
+        raise ValueError(f"{path.name}: base must be the name of a TOML file, got {base!r}")
+    return {**read_toml(path.parent / base, (*seen, path)), **data}
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a TOML config (or the defaults when path is None) and apply overrides."""
-    data: dict = {}
-    if path is not None:
-        with open(path, "rb") as handle:
-            data = tomllib.load(handle)
+    data = read_toml(path) if path is not None else {}
     data = apply_overrides(data, overrides or [])
     known = {f.name for f in fields(TrainConfig)}
     unknown = set(data) - known

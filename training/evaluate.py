@@ -22,13 +22,14 @@ from pathlib import Path
 
 import numpy as np
 from scipy.stats import wilcoxon
+from torch import nn
 
+from VolumetricSRLib.architectures import label_of
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from VolumetricSRLib.interpolation import interpolate_slices
 from VolumetricSRLib.metrics import PROTOCOL_TRIM, score_volume
-from VolumetricSRLib.network import TVSRN
 from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.volume_io import SUPPORTED, read_volume
 from VolumetricSRLib.weights import load_model
@@ -76,7 +77,7 @@ class EvalCase:
 class LoadedModel:
     """A network ready to evaluate, and what to call it."""
 
-    network: TVSRN
+    network: nn.Module
     label: str
     window: tuple[float, float]
     info: dict
@@ -153,11 +154,14 @@ def load_for_evaluation(path: str | Path, device: str = "cpu") -> LoadedModel:
         network, state = network_from_checkpoint(path)
         info = {"checkpoint": str(path), "step": int(state["step"]), "weights_digest": state_digest(network)}
         return LoadedModel(
-            network.to(device).eval(), f"TVSRN ({path.name}, step {info['step']})", (HU_MIN, HU_MAX), info
+            network.to(device).eval(),
+            f"{label_of(network.cfg)} ({path.name}, step {info['step']})",
+            (HU_MIN, HU_MAX),
+            info,
         )
     network, card = load_model(path, device=device)
     info = {"id": card.id, "sha256": card.sha256, "weights_digest": state_digest(network)}
-    return LoadedModel(network, f"TVSRN ({card.id})", card.window, info)
+    return LoadedModel(network, f"{label_of(network.cfg)} ({card.id})", card.window, info)
 
 
 # scoring ---------------------------------------------------------------------------------------
@@ -322,7 +326,7 @@ def _validation_cases(volumes: tuple[str, ...], rplhr_root: str, ratio: int, dep
     return tuple(real_cases(rplhr_root, "val", ratio, depth))
 
 
-def validation_scores(model: TVSRN, cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> list[dict]:
+def validation_scores(model: nn.Module, cfg: TrainConfig, shard: tuple[int, int] = (0, 1)) -> list[dict]:
     """Protocol PSNR / SSIM of the model on this shard (rank, world) of the validation cases."""
     net = cfg.network
     cases = _validation_cases(tuple(cfg.val_volumes), cfg.rplhr_root, net.ratio, net.depth, cfg.slab)
@@ -336,7 +340,7 @@ def validation_scores(model: TVSRN, cfg: TrainConfig, shard: tuple[int, int] = (
     return scores
 
 
-def validate_model(model: TVSRN, cfg: TrainConfig) -> dict[str, float]:
+def validate_model(model: nn.Module, cfg: TrainConfig) -> dict[str, float]:
     """Mean protocol PSNR and SSIM over the validation cases (full sliding-window predictor)."""
     scores = validation_scores(model, cfg)
     if not scores:

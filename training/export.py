@@ -11,9 +11,11 @@ import json
 import math
 from pathlib import Path
 
+from torch import nn
+
+from VolumetricSRLib.architectures import config_from_dict, label_of
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
-from VolumetricSRLib.network import TVSRN, TVSRNConfig
 from VolumetricSRLib.volume_io import read_geometry
 from VolumetricSRLib.weights import DEFAULT_MARKER, load_model, save_model
 
@@ -44,7 +46,7 @@ def slice_spacing_mm(path: str | Path) -> float | None:
 
 def describe_data(cfg: dict) -> dict:
     """The training and validation data, in words a reader of the card can check."""
-    ratio = TVSRNConfig.from_dict(cfg["model"]).ratio
+    ratio = config_from_dict(cfg["model"]).ratio
     if cfg.get("rplhr_root"):
         return {
             "kind": "real thick/thin pairs (RPLHR-CT layout)",
@@ -68,7 +70,8 @@ def describe_data(cfg: dict) -> dict:
 
 def default_description(cfg: dict, steps: int, minutes: float | None, hardware: str, phases: int = 1) -> str:
     data = describe_data(cfg)
-    ratio = TVSRNConfig.from_dict(cfg["model"]).ratio
+    network = config_from_dict(cfg["model"])
+    ratio = network.ratio
     when = f"{steps} steps" + (f" ({minutes:.1f} minutes on {hardware})" if minutes is not None else "")
     if phases > 1:
         when += f" in {phases} phases (each run continuing from the previous run's weights)"
@@ -84,7 +87,7 @@ def default_description(cfg: dict, steps: int, minutes: float | None, hardware: 
         )
     else:
         source = f"real thick/thin pairs from {data['root']}"
-    return f"TVSRN, x{ratio} along the slice axis, trained for {when} on {source}."
+    return f"{label_of(network)}, x{ratio} along the slice axis, trained for {when} on {source}."
 
 
 def export_checkpoint(
@@ -155,7 +158,7 @@ def export_checkpoint(
     return card_path
 
 
-def check_metrics_belong_to(network: TVSRN, metrics: dict, checkpoint: Path) -> None:
+def check_metrics_belong_to(network: nn.Module, metrics: dict, checkpoint: Path) -> None:
     """Refuse evaluation summaries that were computed for other weights than the network's."""
     digest = state_digest(network)
     for label, summary in metrics.items():

@@ -24,7 +24,8 @@ from tqdm import tqdm
 
 from VolumetricSRLib.atomic import atomic_path
 from VolumetricSRLib.device import describe_device, resolve_device
-from VolumetricSRLib.network import TVSRN, l1_loss
+from VolumetricSRLib.network import depth_interpolation_matrix, l1_loss
+from VolumetricSRLib.networks import build_network
 
 from .checkpoints import read_checkpoint, state_digest
 from .config import SCHEDULE_KEYS, TrainConfig, learning_differences
@@ -101,7 +102,9 @@ class Trainer:
         self.ctx = DistributedContext(self.device)
         self.run_dir = Path(cfg.run_dir)
         torch.manual_seed(cfg.seed)
-        self.model = TVSRN(cfg.network).to(self.device)
+        self.model = build_network(cfg.network).to(self.device)
+        net = cfg.network
+        self.interp = depth_interpolation_matrix(net.depth, net.ratio).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
         self.step = 0
         self.best_psnr = -math.inf
@@ -250,7 +253,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
         with torch.no_grad():
-            linear = torch.einsum("td,bdhw->bthw", self.model.interp, x)
+            linear = torch.einsum("td,bdhw->bthw", self.interp, x)
             linear_loss = l1_loss(linear, y)
         return loss.item(), linear_loss.item()
 

@@ -14,8 +14,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from .architectures import ModelConfig, config_from_dict
 from .checks import is_positive_whole_number
-from .network_config import TVSRNConfig
 
 CARD_FORMAT = "volumetricsr-model/1"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -63,9 +63,9 @@ class ModelCard:
     format: str = CARD_FORMAT
 
     @property
-    def config(self) -> TVSRNConfig:
-        """The architecture as a TVSRNConfig."""
-        return TVSRNConfig.from_dict(self.architecture)
+    def config(self) -> ModelConfig:
+        """The architecture: a TVSRNConfig, or a baseline's config when it names one under "arch"."""
+        return config_from_dict(self.architecture)
 
     @property
     def window(self) -> tuple[float, float]:
@@ -121,7 +121,7 @@ def check_card(card: ModelCard, source: str) -> int:
         try:
             config = card.config
         except (TypeError, ValueError) as exc:
-            problems.append(f"architecture is not a valid TVSRN configuration ({exc})")
+            problems.append(f"architecture is not a valid network configuration ({exc})")
         else:
             if isinstance(ratio, int) and config.ratio != ratio:
                 problems.append(f"ratio {ratio} differs from the architecture's ratio {config.ratio}")

@@ -109,7 +109,8 @@ def super_resolve_unit(
 ) -> np.ndarray:
     """Thick volume (K, J, I) in [0, 1] -> thin volume ((K-1)*r+1, J, I) float32 in [0, 1].
 
-    `model` maps (B, D, h, w) to (B, (D-1)*r+1, h, w) and has `cfg.depth` (D) and `cfg.ratio` (r).
+    `model` maps (B, D, h, w) to (B, (D-1)*r+1, h, w) and has `cfg.depth` (D) and `cfg.ratio` (r): TVSRN
+    or any network of networks.build_network.
     It is moved to the chosen device and left there; its train/eval mode is restored afterwards.
     `progress(fraction, message)` is called at the start, after every batch and at the end;
     `cancel()` is asked before every batch and, when true, stops with PredictionCancelled.
@@ -361,7 +362,9 @@ def _model_shape(model: nn.Module) -> tuple[int, int]:
     cfg = getattr(model, "cfg", None)
     depth, ratio = getattr(cfg, "depth", None), getattr(cfg, "ratio", None)
     if not (is_whole_number(depth) and depth >= 2 and is_whole_number(ratio) and ratio >= 1):
-        raise TypeError("the model needs a cfg with integer depth (>= 2) and ratio (>= 1), like TVSRN")
+        raise TypeError(
+            "the model needs a cfg with integer depth (>= 2) and ratio (>= 1), like TVSRN and the baselines"
+        )
     return int(depth), int(ratio)
 
 

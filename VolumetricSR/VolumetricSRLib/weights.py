@@ -1,4 +1,4 @@
-"""Model files: `<id>.safetensors` (the TVSRN state_dict) beside `<id>.json` (the model card).
+"""Model files: `<id>.safetensors` (the network's state_dict) beside `<id>.json` (the model card).
 
 The cards themselves (reading, validation, the bundled models) live in model_cards, which needs no
 torch; they are re-exported here.
@@ -37,7 +37,8 @@ from .model_cards import (
     resolve_card_path,
     sha256_of,
 )
-from .network import TVSRN, count_parameters
+from .network import count_parameters
+from .networks import build_network
 
 __all__ = [
     "CARD_FORMAT",
@@ -59,7 +60,7 @@ __all__ = [
 
 
 def save_model(
-    model: TVSRN,
+    model: nn.Module,
     directory: str | Path,
     *,
     id: str,
@@ -118,8 +119,9 @@ def save_model(
 
 def load_model(
     model: str | Path, device: str | torch.device = "cpu", allow_untrained: bool = False
-) -> tuple[TVSRN, ModelCard]:
-    """Load a TVSRN and its card, after checking format, checksum, configuration and tensor shapes."""
+) -> tuple[nn.Module, ModelCard]:
+    """Load a network (TVSRN or a baseline, as the card says) and its card, after checking format,
+    checksum, configuration and tensor shapes."""
     card_path = resolve_card_path(model)
     card = read_card(card_path)
     if not card.trained and not allow_untrained:
@@ -140,7 +142,7 @@ def load_model(
         tensors = load_file(weights_path, device="cpu")
     except (SafetensorError, OSError) as exc:
         raise ModelFileError(f"cannot read the weights {weights_path.name}: {exc}") from exc
-    network = TVSRN(card.config)
+    network = build_network(card.config)
     _check_state_dict(network, tensors, card_path.name)
     network.load_state_dict(tensors, strict=True)
     network.eval()

@@ -1,0 +1,61 @@
+"""The methods of the comparison (the RPLHR-CT paper's ablations and CNN baselines): one config each in
+training/configs under the shared budget of shared_ct_tvsrn.toml, and their parameter counts beside the
+papers' (`python -m volumetricsr_training.methods` prints the table)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from VolumetricSRLib.architectures import label_of
+from VolumetricSRLib.network import count_parameters
+from VolumetricSRLib.networks import build_network
+
+from .config import TrainConfig, load_config
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+SHARED_BUDGET = "shared_ct_tvsrn.toml"
+
+# config file -> parameters the papers report (None: no count in the RPLHR-CT paper nor in the sources we had)
+METHODS: dict[str, float | None] = {
+    "ablation_tvsrn_full.toml": 1.73e6,
+    "ablation_tvsrn_no_tab.toml": 1.56e6,
+    "ablation_tvsrn_encoder_only.toml": 1.58e6,
+    "ablation_tvsrn_vit.toml": 17.15e6,
+    "baseline_resvox.toml": None,
+    "baseline_mpunet.toml": None,
+    "baseline_saint.toml": None,
+    "baseline_davsr.toml": None,
+}
+
+
+def method_config(name: str) -> TrainConfig:
+    """The training config of one method (a file name of METHODS)."""
+    if name not in METHODS:
+        raise ValueError(f"unknown method config {name!r}; choose one of {sorted(METHODS)}")
+    return load_config(CONFIGS / name)
+
+
+def parameter_rows() -> list[dict]:
+    """Per method: its label, config file, our parameter count and the paper's (or None)."""
+    rows = []
+    for name, paper in METHODS.items():
+        net = method_config(name).network
+        with torch.device("meta"):  # shapes only: nothing is allocated
+            ours = count_parameters(build_network(net))
+        rows.append({"method": label_of(net), "config": name, "parameters": ours, "paper": paper})
+    return rows
+
+
+def parameter_table() -> str:
+    """Markdown table of parameter counts, ours beside the papers'."""
+    lines = ["| method | config | parameters | paper |", "| --- | --- | --- | --- |"]
+    for row in parameter_rows():
+        paper = "not reported" if row["paper"] is None else f"{row['paper'] / 1e6:.2f}M"
+        lines.append(f"| {row['method']} | {row['config']} | {row['parameters'] / 1e6:.2f}M | {paper} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(parameter_table())
