@@ -15,7 +15,7 @@ from VolumetricSRLib.networks import build_network
 from .config import TrainConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
-SHARED_BUDGET = "shared_ct_tvsrn.toml"
+SHARED_BUDGET = "compare_budget.toml"
 
 # config file -> parameters the papers report (None: no count in the RPLHR-CT paper nor in the sources we had)
 METHODS: dict[str, float | None] = {
