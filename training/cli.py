@@ -138,6 +138,31 @@ def _make_pairs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from VolumetricSRLib.predictor import PredictOptions
+
+    from .evaluate import pseudo_cases, real_cases, thin_volume_paths
+    from .report import DEFAULT_METHODS, parse_methods, run_report
+
+    specs = parse_methods(args.methods or DEFAULT_METHODS)
+    if args.rplhr:
+        cases = list(real_cases(args.rplhr, args.split, args.ratio, args.min_slices))
+        data = f"real pairs of RPLHR-CT split {args.split} in {args.rplhr} (matched by world position)"
+    elif args.test:
+        paths = thin_volume_paths(args.test)
+        cases = list(pseudo_cases(paths, args.ratio, args.slab))
+        names = ", ".join(p.name for p in paths)
+        data = f"pseudo pairs ({args.slab} slab of {args.ratio} thin slices, simulated thick) from {names}"
+    else:
+        raise ValueError("give the data: --test THIN_VOLUMES (pseudo pairs) or --rplhr ROOT (real pairs)")
+    options = PredictOptions(device=args.device, tile=args.tile, batch=args.batch, amp=False)
+    command = "volumetricsr-train " + shlex.join(args.argv)
+    written = run_report(specs, cases, data, options, args.out, command, train=not args.no_train)
+    print((Path(args.out) / "report.md").read_text(encoding="utf-8"))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
 def _analyse_dataset(args: argparse.Namespace) -> int:
     from .dataset_analysis import run_cli
 
@@ -219,6 +244,31 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--seed", type=int, default=0, help="noise seed")
     pairs.add_argument("--overwrite", action="store_true", help="replace existing files")
     pairs.set_defaults(func=_make_pairs)
+
+    report = sub.add_parser(
+        "report", help="train (resuming) and score many methods on one dataset: table, CSV, trade-off plot"
+    )
+    report.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help="interpolations (nearest linear cubic lanczos), training configs (.toml), checkpoints or "
+        "model files (default: the four interpolations and every config of methods.py)",
+    )
+    report.add_argument(
+        "--test", nargs="+", metavar="PATH", help="thin test volumes or folders (pseudo pairs)"
+    )
+    report.add_argument("--rplhr", metavar="ROOT", help="RPLHR-CT folder (real pairs)")
+    report.add_argument("--split", default="test", help="RPLHR-CT split (default test)")
+    report.add_argument("--ratio", type=int, default=5, help="thin slices per thick slice (default 5)")
+    report.add_argument("--min-slices", type=int, default=4, help="real pairs: thick slices a case needs")
+    report.add_argument("--slab", default="box", choices=("box", "gaussian"), help="pseudo thick slab")
+    report.add_argument("--out", required=True, help="report folder (scores kept there for resuming)")
+    report.add_argument("--device", default="cpu", help="prediction device (default cpu)")
+    report.add_argument("--tile", type=int, help="in-plane tile size (default whole slices)")
+    report.add_argument("--batch", type=int, help="windows per batch (default: automatic)")
+    report.add_argument("--no-train", action="store_true", help="score only finished runs; train nothing")
+    report.set_defaults(func=_report)
 
     analyse = sub.add_parser(
         "analyse-dataset", help="PSNR/SSIM of thick slices vs their Match/Near/Far thin slices (paper Fig. 1)"

@@ -1,0 +1,166 @@
+"""The report command: methods trained (resuming) and scored on the same cases, the table and its
+p-values, the trade-off plot, provenance, and a rerun that redoes nothing."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import tiny_tvsrn
+from volumetricsr_training.cli import main
+from volumetricsr_training.evaluate import one_sided_wilcoxon, pseudo_cases
+from volumetricsr_training.report import MethodSpec, Scored, parse_method, parse_methods, summary_rows
+from VolumetricSRLib.baseline_config import BASELINES
+from VolumetricSRLib.phantom import chest_phantom
+from VolumetricSRLib.volume_io import write_volume
+from VolumetricSRLib.weights import save_model
+
+
+def toml_value(value) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items() if v is not None) + " }"
+    return json.dumps(value)
+
+
+@pytest.fixture(scope="module")
+def volumes(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two thin phantom chests (different seeds) of 1.5 mm slices: two test cases."""
+    folder = tmp_path_factory.mktemp("thin")
+    paths = []
+    for seed in (1, 2):
+        hu, affine = chest_phantom((41, 40, 48), slice_mm=1.5, pixel_mm=3.0, seed=seed)
+        path = folder / f"chest{seed}.nii.gz"
+        write_volume(path, hu, affine)
+        paths.append(path)
+    return paths
+
+
+@pytest.fixture(scope="module")
+def zero_head_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny residual TVSRN whose head starts at zero: it predicts linear interpolation exactly."""
+    folder = tmp_path_factory.mktemp("model")
+    return save_model(
+        tiny_tvsrn(ratio=5, output="residual"), folder, id="zero-head", name="zero", trained=True
+    )
+
+
+def tiny_config(folder: Path, train_volume: Path, steps: int = 6) -> Path:
+    """A SAINT of the tiny size trained for a few steps on one phantom (run folder inside `folder`)."""
+    settings = {
+        "run_dir": str(folder / "run"), "model": {"arch": "saint", **BASELINES["saint"].tiny().to_dict()},
+        "train_volumes": [str(train_volume)], "crop": [4, 16, 16], "batch": 2, "steps": steps, "lr": 3e-3,
+        "warmup": 1, "log_every": 1, "device": "cpu", "threads": 1, "progress": False, "snapshot_every": 0,
+        "tensorboard": False, "plot": False, "checkpoint_minutes": 5.0,
+    }  # fmt: skip
+    path = folder / "baseline_saint_tiny.toml"
+    path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in settings.items()))
+    return path
+
+
+def test_methods_are_named_by_kind_and_duplicates_refused(tmp_path):
+    config = tmp_path / "baseline_resvox.toml"
+    config.write_text("")
+    assert parse_method("lanczos") == MethodSpec("lanczos", "interpolation", "lanczos")
+    assert parse_method(str(config)) == MethodSpec("resvox", "config", str(config))
+    assert parse_method("runs/x/best.pt") == MethodSpec("best", "model", "runs/x/best.pt")
+    with pytest.raises(ValueError, match="training config not found"):
+        parse_method(str(tmp_path / "missing.toml"))
+    with pytest.raises(ValueError, match="two methods share the name best"):
+        parse_methods(["a/best.pt", "b/best.pt"])
+
+
+def test_p_values_compare_the_best_method_with_each_other():
+    def scored(name: str, psnr: list[float]) -> Scored:
+        rows = [{"psnr": p, "ssim": p / 100, "seconds": 1.0} for p in psnr]
+        return Scored(MethodSpec(name, "interpolation", name), name, 0, rows, {"scored": name})
+
+    best, other, worst = [30.0, 31.0, 32.5, 29.0, 33.0], [29.5, 30.2, 32.4, 28.0, 32.0], [20.0] * 5
+    rows = summary_rows([scored("other", other), scored("best", best), scored("worst", worst)])
+    assert [row["method"] for row in rows] == ["best", "other", "worst"]
+    assert rows[0]["psnr_p_vs_best"] is None and rows[0]["psnr_mean"] == pytest.approx(np.mean(best))
+    assert rows[1]["psnr_p_vs_best"] == pytest.approx(one_sided_wilcoxon(np.array(best), np.array(other)))
+    assert rows[2]["psnr_p_vs_best"] == pytest.approx(0.03125)  # all 5 differences positive: 1 / 2**5
+    assert rows[1]["psnr_std"] == pytest.approx(np.std(other))
+
+
+def test_report_trains_scores_writes_and_resumes_without_redoing(tmp_path, volumes, zero_head_model, capsys):
+    config = tiny_config(tmp_path, volumes[0])
+    out = tmp_path / "report"
+    argv = ["report", "--methods", "linear", "cubic", str(config), str(zero_head_model),
+            "--test", *map(str, volumes), "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "saint_tiny: training" in first and (tmp_path / "run" / "last.pt").is_file()
+    with open(out / "methods.csv", newline="") as handle:
+        methods = {row["method"]: row for row in csv.DictReader(handle)}
+    assert set(methods) == {"linear", "cubic", "saint_tiny", "zero-head"}
+    # the zero-head model predicts linear interpolation: the same scores, and its parameters counted
+    psnr = {name: float(row["psnr_mean"]) for name, row in methods.items()}
+    assert psnr["zero-head"] == pytest.approx(psnr["linear"], abs=1e-3)
+    assert int(methods["zero-head"]["parameters"]) > 0 and methods["linear"]["parameters"] == "0"
+    with open(out / "cases.csv", newline="") as handle:
+        cases = list(csv.DictReader(handle))
+    assert len(cases) == 8 and {row["case"] for row in cases} == {"chest1", "chest2"}
+    report = (out / "report.md").read_text()
+    assert "(2 cases)" in report and "smallest possible p-value is 0.25" in report
+    assert "6 steps of batch 2, crops 4x16x16" in report and "--methods linear cubic" in report
+    assert Image.open(out / "tradeoff.png").size[0] > 400
+    provenance = json.loads((out / "report.json").read_text())["provenance"]
+    assert provenance["case_names"] == ["chest1", "chest2"] and provenance["left_out"] == []
+
+    before = (out / "methods.csv").read_text()
+    assert main(argv) == 0  # a rerun trains nothing and scores nothing again
+    second = capsys.readouterr().out
+    assert "training" not in second and second.count("scores kept") == 4
+    assert (out / "methods.csv").read_text() == before
+
+
+def test_unfinished_runs_are_left_out_with_no_train(tmp_path, volumes, capsys):
+    config = tiny_config(tmp_path, volumes[0])
+    out = tmp_path / "report"
+    argv = [
+        "report",
+        "--methods",
+        "linear",
+        str(config),
+        "--test",
+        str(volumes[0]),
+        "--out",
+        str(out),
+        "--no-train",
+    ]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "saint_tiny: trained 0 of 6 steps; left out" in printed
+    assert json.loads((out / "report.json").read_text())["provenance"]["left_out"] == ["saint_tiny"]
+    assert "Not scored** (training unfinished): saint_tiny." in (out / "report.md").read_text()
+    assert not (tmp_path / "run").exists()
+
+
+def test_report_without_data_or_with_only_unfinished_runs_is_an_error(tmp_path, volumes, capsys):
+    assert main(["report", "--methods", "linear", "--out", str(tmp_path / "r")]) == 2
+    assert "give the data: --test" in capsys.readouterr().err
+    config = tiny_config(tmp_path, volumes[0])
+    argv = [
+        "report",
+        "--methods",
+        str(config),
+        "--test",
+        str(volumes[0]),
+        "--out",
+        str(tmp_path / "r"),
+        "--no-train",
+    ]
+    assert main(argv) == 2
+    assert "no method could be scored" in capsys.readouterr().err
+
+
+def test_cases_of_the_report_are_the_evaluate_commands(volumes):
+    cases = list(pseudo_cases(volumes, 5))
+    assert [case.name for case in cases] == ["chest1", "chest2"]
+    assert cases[0].truth.shape[0] == (cases[0].thick.shape[0] - 1) * 5 + 1

@@ -1,0 +1,377 @@
+"""`volumetricsr-train report`: many methods scored on one dataset, the way the paper's Table 2 and
+Fig. 3b compare them.
+
+A method is an interpolation (nearest, linear, cubic, lanczos), a training config (trained first,
+resuming its run, unless `train=False`; its `best.pt`, else `last.pt`, is scored), a checkpoint or a
+model file. Every method is scored on the same cases with the protocol of `evaluate`, timed per
+volume on the device used, and kept in `scores/<method>.json` under an identity (weights digest,
+data digest, device): a rerun skips what is already scored and trains only what is unfinished.
+The report: `report.md` (table, provenance, scale), `methods.csv`, `cases.csv`, `tradeoff.png`
+(PSNR against seconds per volume, marker area proportional to parameters) and `report.json`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import re
+import subprocess
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from VolumetricSRLib.atomic import write_bytes_atomically, write_text_atomically
+from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
+from VolumetricSRLib.interpolation import METHODS as INTERPOLATIONS
+from VolumetricSRLib.interpolation import interpolate_slices
+from VolumetricSRLib.metrics import score_volume
+from VolumetricSRLib.network import count_parameters
+from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
+
+from .checkpoints import read_checkpoint, state_digest
+from .config import load_config
+from .evaluate import PROTOCOL, EvalCase, load_for_evaluation, one_sided_wilcoxon
+from .methods import CONFIGS, METHODS
+
+INTERPOLATION_LABELS = {
+    "nearest": "nearest neighbour",
+    "linear": "linear interpolation",
+    "cubic": "cubic B-spline interpolation",
+    "lanczos": "Lanczos-3 interpolation",
+}
+DEFAULT_METHODS = (*INTERPOLATIONS, *(str(CONFIGS / name) for name in METHODS))
+METHOD_FIELDS = (
+    "method", "label", "kind", "parameters", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std",
+    "seconds_per_volume", "psnr_p_vs_best", "ssim_p_vs_best", "source",
+)  # fmt: skip
+CASE_FIELDS = ("method", "case", "psnr", "ssim", "seconds")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method of the report: its file-safe name, its kind and where it comes from."""
+
+    name: str
+    kind: str  # "interpolation" | "config" | "model"
+    source: str
+
+
+@dataclass
+class Scored:
+    """A method's per-case scores and what identifies them."""
+
+    spec: MethodSpec
+    label: str
+    parameters: int
+    rows: list[dict]
+    identity: dict
+
+
+def parse_method(text: str) -> MethodSpec:
+    """An interpolation name, a training config (.toml), or a checkpoint / model file / bundled id."""
+    if text in INTERPOLATIONS:
+        return MethodSpec(text, "interpolation", text)
+    path = Path(text)
+    if path.suffix == ".toml":
+        if not path.is_file():
+            raise ValueError(f"training config not found: {path}")
+        name = path.stem.removeprefix("baseline_").removeprefix("ablation_")
+        return MethodSpec(name, "config", str(path))
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", path.name.removesuffix(path.suffix)) or "model"
+    return MethodSpec(name, "model", text)
+
+
+def parse_methods(items: Iterable[str]) -> list[MethodSpec]:
+    """Specs of every method, refusing two with the same name."""
+    specs = [parse_method(item) for item in items]
+    names = [spec.name for spec in specs]
+    doubles = sorted({name for name in names if names.count(name) > 1})
+    if doubles:
+        raise ValueError(f"two methods share the name {', '.join(doubles)}; rename one of the files")
+    return specs
+
+
+def data_identity(cases: list[EvalCase]) -> str:
+    """SHA-256 over every case's name, source and voxels: equal digests mean the same data."""
+    digest = hashlib.sha256()
+    for case in cases:
+        digest.update(f"{case.name}|{case.source}|{case.ratio}".encode())
+        for array in (case.thick, case.truth):
+            digest.update(np.ascontiguousarray(array, dtype=np.float32).tobytes())
+    return digest.hexdigest()
+
+
+def trained_checkpoint(spec: MethodSpec, train: bool, log: Callable[[str], None]) -> Path | None:
+    """The checkpoint to score for a config: its run trained to the end first when `train`; None
+    (with the reason logged) when the run is unfinished and training is off."""
+    cfg = load_config(spec.source)
+    run_dir = Path(cfg.run_dir)
+    last = run_dir / "last.pt"
+    step = int(read_checkpoint(last)["step"]) if last.is_file() else 0
+    if step < cfg.steps:
+        if not train:
+            log(f"{spec.name}: trained {step} of {cfg.steps} steps; left out (train it, or drop --no-train)")
+            return None
+        from .trainer import Trainer
+
+        log(f"{spec.name}: training {cfg.run_dir} from step {step} to {cfg.steps}")
+        trainer = Trainer(cfg)
+        trainer.resume()
+        trainer.run()
+        trainer.ctx.close()
+    best = run_dir / "best.pt"
+    return best if best.is_file() else last
+
+
+def score_method(
+    spec: MethodSpec,
+    cases: list[EvalCase],
+    options: PredictOptions,
+    out_dir: Path,
+    train: bool = True,
+    log: Callable[[str], None] = print,
+) -> Scored | None:
+    """Score one method on every case, or reuse its stored scores when its identity is unchanged."""
+    source = spec.source
+    if spec.kind == "config":
+        checkpoint = trained_checkpoint(spec, train, log)
+        if checkpoint is None:
+            return None
+        source = str(checkpoint)
+    model = None if spec.kind == "interpolation" else load_for_evaluation(source, device=options.device)
+    identity = {
+        "method": spec.source,
+        "scored": source,
+        "weights_digest": None if model is None else state_digest(model.network),
+        "data_digest": data_identity(cases),
+        "device": options.device,
+    }
+    stored = out_dir / "scores" / f"{spec.name}.json"
+    if stored.is_file():
+        previous = json.loads(stored.read_text(encoding="utf-8"))
+        if previous["identity"] == identity:
+            log(f"{spec.name}: scores kept from {stored}")
+            return Scored(spec, previous["label"], previous["parameters"], previous["rows"], identity)
+    label = INTERPOLATION_LABELS[spec.name] if model is None else model.label
+    parameters = 0 if model is None else count_parameters(model.network)
+    rows = []
+    for case in cases:
+        start = time.perf_counter()
+        if model is None:
+            unit = hu_to_unit(case.thick, (HU_MIN, HU_MAX))
+            thin = unit_to_hu(interpolate_slices(unit, case.ratio, spec.source), (HU_MIN, HU_MAX))
+        else:
+            thin, _ = super_resolve_hu(
+                model.network, case.thick, case.thick_affine, options, window=model.window
+            )
+        seconds = time.perf_counter() - start
+        scores = score_volume(thin, case.truth)
+        rows.append({"method": spec.name, "case": case.name, **scores, "seconds": seconds})
+        log(f"{spec.name} {case.name}: {scores['psnr']:.2f} dB / {scores['ssim']:.4f} in {seconds:.1f} s")
+    record = {"identity": identity, "label": label, "parameters": parameters, "rows": rows}
+    stored.parent.mkdir(exist_ok=True)
+    write_text_atomically(stored, json.dumps(record, indent=2) + "\n")
+    return Scored(spec, label, parameters, rows, identity)
+
+
+def summary_rows(results: list[Scored]) -> list[dict]:
+    """Per method: mean +- std of PSNR and SSIM, seconds per volume, and the one-sided Wilcoxon
+    p-values of 'the best method (highest mean PSNR) scores higher than this one'."""
+
+    def metric(result: Scored, key: str) -> np.ndarray:
+        return np.array([row[key] for row in result.rows], dtype=np.float64)
+
+    best = max(results, key=lambda r: metric(r, "psnr").mean())
+    rows = []
+    for result in results:
+        psnr, ssim = metric(result, "psnr"), metric(result, "ssim")
+        same = result is best
+        rows.append(
+            {
+                "method": result.spec.name,
+                "label": result.label,
+                "kind": result.spec.kind,
+                "parameters": result.parameters,
+                "psnr_mean": float(psnr.mean()),
+                "psnr_std": float(psnr.std()),
+                "ssim_mean": float(ssim.mean()),
+                "ssim_std": float(ssim.std()),
+                "seconds_per_volume": float(metric(result, "seconds").mean()),
+                "psnr_p_vs_best": None if same else one_sided_wilcoxon(metric(best, "psnr"), psnr),
+                "ssim_p_vs_best": None if same else one_sided_wilcoxon(metric(best, "ssim"), ssim),
+                "source": result.identity["scored"],
+            }
+        )
+    return sorted(rows, key=lambda row: -row["psnr_mean"])
+
+
+def markdown_report(rows: list[dict], provenance: dict) -> str:
+    """The report: table, then data, protocol, scale and how it was made."""
+    n = provenance["cases"]
+    lines = [
+        "# Method comparison",
+        "",
+        "| method | parameters | PSNR (dB) | SSIM | s / volume | p (best > it), PSNR / SSIM |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        params = "-" if row["parameters"] == 0 else f"{row['parameters'] / 1e6:.2f}M"
+        p = (
+            "best"
+            if row["psnr_p_vs_best"] is None
+            else f"{row['psnr_p_vs_best']:.3g} / {row['ssim_p_vs_best']:.3g}"
+        )
+        lines.append(
+            f"| {row['label']} | {params} | {row['psnr_mean']:.2f} ± {row['psnr_std']:.2f} | "
+            f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['seconds_per_volume']:.2f} | {p} |"
+        )
+    smallest = 0.5**n
+    lines += [
+        "",
+        f"- **Data**: {provenance['data']} ({n} case{'' if n == 1 else 's'}).",
+        f"- **Protocol**: {PROTOCOL}.",
+        f"- **p-values**: one-sided Wilcoxon signed-rank over the {n} paired cases, 'the best method "
+        f"scores higher'. With n = {n} the smallest possible p-value is {smallest:.3g}: "
+        + (
+            "small enough for a test at p < 0.001."
+            if smallest < 0.001
+            else "no difference can be significant at p < 0.001, whatever the scores (at least 10 cases "
+            "are needed); read the p-values as a statement of how few cases there are."
+        ),
+        f"- **Timing**: seconds per volume on {provenance['device']} (mean over the cases, prediction only; "
+        "other work on the machine makes it noisy).",
+        f"- **Training budget**: {provenance['budget']}.",
+        *(
+            [f"- **Not scored** (training unfinished): {', '.join(provenance['left_out'])}."]
+            if provenance["left_out"]
+            else []
+        ),
+        f"- **Command**: `{provenance['command']}` at commit {provenance['commit']}, {provenance['date']}.",
+        "",
+        "![PSNR against seconds per volume](tradeoff.png)",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def tradeoff_png(rows: list[dict]) -> bytes:
+    """Fig. 3b: PSNR against seconds per volume (log scale), marker area proportional to parameters."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7.5, 5.0), dpi=120)
+    largest = max((row["parameters"] for row in rows), default=0) or 1
+    for rank, row in enumerate(sorted(rows, key=lambda r: r["psnr_mean"])):
+        learned = row["parameters"] > 0
+        point = (max(row["seconds_per_volume"], 1e-3), row["psnr_mean"])
+        axes.scatter(
+            *point,
+            s=40 + 1200 * row["parameters"] / largest if learned else 30,
+            alpha=0.6,
+            marker="o" if learned else "s",
+            color="tab:orange" if learned else "tab:grey",
+            edgecolors="black",
+        )
+        offset = (8, 4) if rank % 2 == 0 else (8, -11)  # neighbours in PSNR alternate above and below
+        axes.annotate(row["method"], point, textcoords="offset points", xytext=offset, fontsize=8)
+    axes.margins(x=0.25, y=0.1)
+    axes.set_xscale("log")
+    axes.set_xlabel("seconds per volume (log scale)")
+    axes.set_ylabel("PSNR (dB)")
+    axes.set_title("PSNR against inference time; marker area: parameters")
+    axes.grid(True, alpha=0.3)
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def budget_text(specs: list[MethodSpec]) -> str:
+    """What the trained methods were given: steps, crop, batch and optimiser of their configs."""
+    budgets = set()
+    for spec in specs:
+        if spec.kind == "config":
+            cfg = load_config(spec.source)
+            budgets.add(
+                f"{cfg.steps} steps of batch {cfg.batch}, crops {'x'.join(map(str, cfg.crop))}, "
+                f"{cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), seed {cfg.seed}"
+            )
+    if not budgets:
+        return "no method trained by this report"
+    return "; ".join(sorted(budgets)) + (" (the same for every trained method)" if len(budgets) == 1 else "")
+
+
+def git_commit() -> str:
+    """The checkout's commit (with '+changes' when the tree differs), or 'unknown' outside git."""
+    here = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
+                                text=True, check=True).stdout.strip()  # fmt: skip
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+changes" if dirty.strip() else "")
+
+
+def write_report(results: list[Scored], provenance: dict, out_dir: Path) -> list[Path]:
+    """report.md, methods.csv, cases.csv, tradeoff.png and report.json, each written atomically."""
+    rows = summary_rows(results)
+    methods_csv, cases_csv = io.StringIO(), io.StringIO()
+    writer = csv.DictWriter(methods_csv, METHOD_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    writer = csv.DictWriter(cases_csv, CASE_FIELDS, lineterminator="\n")
+    writer.writeheader()
+    for result in results:
+        writer.writerows(result.rows)
+    written = [
+        write_text_atomically(out_dir / "report.md", markdown_report(rows, provenance)),
+        write_text_atomically(out_dir / "methods.csv", methods_csv.getvalue()),
+        write_text_atomically(out_dir / "cases.csv", cases_csv.getvalue()),
+        write_bytes_atomically(out_dir / "tradeoff.png", tradeoff_png(rows)),
+        write_text_atomically(
+            out_dir / "report.json", json.dumps({"provenance": provenance, "methods": rows}, indent=2) + "\n"
+        ),
+    ]
+    return written
+
+
+def run_report(
+    specs: list[MethodSpec],
+    cases: list[EvalCase],
+    data: str,
+    options: PredictOptions,
+    out_dir: str | Path,
+    command: str,
+    train: bool = True,
+    log: Callable[[str], None] = print,
+) -> list[Path]:
+    """Train what is unfinished (when `train`), score every method, write the report; returns its files."""
+    if not cases:
+        raise ValueError("no cases to score")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    results = [r for spec in specs if (r := score_method(spec, cases, options, out, train, log)) is not None]
+    if not results:
+        raise ValueError("no method could be scored (every config is unfinished and --no-train was given)")
+    provenance = {
+        "data": data,
+        "cases": len(cases),
+        "case_names": [case.name for case in cases],
+        "device": options.device,
+        "budget": budget_text([r.spec for r in results]),
+        "command": command,
+        "commit": git_commit(),
+        "date": time.strftime("%Y-%m-%d", time.gmtime()),
+        "left_out": [spec.name for spec in specs if spec.name not in {r.spec.name for r in results}],
+    }
+    return write_report(results, provenance, out)
