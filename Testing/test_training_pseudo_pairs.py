@@ -78,6 +78,25 @@ def test_gaussian_slab_weights_the_centre_most():
     assert np.allclose(thick[1], expected, atol=1e-6)
 
 
+def test_sparse_sampling_keeps_the_central_thin_slice_of_each_slab():
+    thin = np.random.default_rng(2).random((10, 3, 3)).astype(np.float32)
+    thick = simulate_thick_slices(thin, RATIO, "sparse")
+    np.testing.assert_array_equal(thick, thin[[2, 7]])
+    pair = make_pseudo_pair(thin, np.eye(4), RATIO, "sparse")
+    np.testing.assert_array_equal(pair.thick, pair.truth[::RATIO])  # each thick slice is its Match slice
+
+
+def test_evaluation_cases_carry_reproducible_noise_only_when_asked():
+    from volumetricsr_training.evaluate import pseudo_cases
+
+    path = phantom_ct()
+    clean, noisy, again = (next(pseudo_cases([path], RATIO, "box", noise)) for noise in (0.0, 20.0, 20.0))
+    np.testing.assert_array_equal(noisy.thick, again.thick)
+    assert np.std(noisy.thick - clean.thick) == pytest.approx(20.0, rel=0.05)
+    np.testing.assert_array_equal(noisy.truth, clean.truth)
+    assert "noise 20 HU" in noisy.source and "noise" not in clean.source
+
+
 def test_bad_slab_or_ratio_is_refused_with_the_reason():
     with pytest.raises(ValueError, match="unknown slab profile 'tent'"):
         slab_profile(RATIO, "tent")

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from VolumetricSRLib.consistency import SLABS
+
 from .config import load_config
 
 EXIT_PROBLEMS = 1
@@ -150,9 +152,11 @@ def _report(args: argparse.Namespace) -> int:
         data = f"real pairs of RPLHR-CT split {args.split} in {args.rplhr} (matched by world position)"
     elif args.test:
         paths = thin_volume_paths(args.test)
-        cases = list(pseudo_cases(paths, args.ratio, args.slab))
+        cases = list(pseudo_cases(paths, args.ratio, args.slab, args.noise_hu))
         names = ", ".join(p.name for p in paths)
-        data = f"pseudo pairs ({args.slab} slab of {args.ratio} thin slices, simulated thick) from {names}"
+        noise = f", Gaussian noise of {args.noise_hu:g} HU" if args.noise_hu else ""
+        slab = f"{args.slab} slab of {args.ratio} thin slices{noise}"
+        data = f"pseudo pairs ({slab}, simulated thick) from {names}"
     else:
         raise ValueError("give the data: --test THIN_VOLUMES (pseudo pairs) or --rplhr ROOT (real pairs)")
     options = PredictOptions(device=args.device, tile=args.tile, batch=args.batch, amp=False)
@@ -194,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--volumes", nargs="+", metavar="PATH", help="thin volumes or folders (pseudo pairs)")
     source.add_argument("--rplhr", metavar="ROOT", help="RPLHR-CT folder (real pairs)")
     evaluate.add_argument("--split", default="test", help="RPLHR-CT split (default test)")
-    evaluate.add_argument("--slab", default="box", choices=("box", "gaussian"), help="pseudo thick slab")
+    evaluate.add_argument("--slab", default="box", choices=SLABS, help="pseudo thick slab")
     evaluate.add_argument("--out", required=True, help="folder for cases.csv, summary.json, summary.md")
     evaluate.add_argument("--device", default="auto", help="auto, cpu or cuda")
     evaluate.add_argument("--tile", type=int, help="in-plane tile size (default: whole slices)")
@@ -239,7 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     pairs.add_argument("--out", required=True, help="dataset ROOT")
     pairs.add_argument("--split", default="train", help="split folder (default train)")
     pairs.add_argument("--ratio", type=int, default=5, help="thin slices per thick slice (odd, default 5)")
-    pairs.add_argument("--slab", default="box", choices=("box", "gaussian"), help="slab profile")
+    pairs.add_argument("--slab", default="box", choices=SLABS, help="slab profile")
     pairs.add_argument("--noise-hu", type=float, default=0.0, help="Gaussian noise added to the thick slices")
     pairs.add_argument("--seed", type=int, default=0, help="noise seed")
     pairs.add_argument("--overwrite", action="store_true", help="replace existing files")
@@ -262,7 +266,10 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--split", default="test", help="RPLHR-CT split (default test)")
     report.add_argument("--ratio", type=int, default=5, help="thin slices per thick slice (default 5)")
     report.add_argument("--min-slices", type=int, default=4, help="real pairs: thick slices a case needs")
-    report.add_argument("--slab", default="box", choices=("box", "gaussian"), help="pseudo thick slab")
+    report.add_argument("--slab", default="box", choices=SLABS, help="pseudo thick slab")
+    report.add_argument(
+        "--noise-hu", type=float, default=0.0, help="Gaussian noise added to pseudo thick slices (seed 0)"
+    )
     report.add_argument("--out", required=True, help="report folder (scores kept there for resuming)")
     report.add_argument("--device", default="cpu", help="prediction device (default cpu)")
     report.add_argument("--tile", type=int, help="in-plane tile size (default whole slices)")
@@ -280,7 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
             f"--{split}", nargs="+", metavar="PATH", help=f"{split} thin volumes (pseudo pairs)"
         )
     analyse.add_argument("--ratio", type=int, default=5, help="pseudo pairs: thin slices per thick slice")
-    analyse.add_argument("--slab", default="box", choices=("box", "gaussian"), help="pseudo thick slab")
+    analyse.add_argument("--slab", default="box", choices=SLABS, help="pseudo thick slab")
     analyse.add_argument("--out", required=True, help="folder for summary.md/.csv/.png and slice_pairs.csv")
     analyse.set_defaults(func=_analyse_dataset)
     return parser

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from VolumetricSRLib.architectures import ModelConfig, config_from_dict
+from VolumetricSRLib.consistency import SLABS
 
 
 @dataclass
@@ -65,8 +66,8 @@ class TrainConfig:
             raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
-        if self.slab not in ("box", "gaussian"):
-            raise ValueError(f"slab must be box or gaussian, got {self.slab!r}")
+        if self.slab not in SLABS:
+            raise ValueError(f"slab must be one of {', '.join(SLABS)}, got {self.slab!r}")
         if self.train_weights and len(self.train_weights) != len(self.train_volumes):
             raise ValueError("train_weights needs one weight per train volume")
         if len(self.crop) != 3:

@@ -103,19 +103,28 @@ def thin_volume_paths(items: Iterable[str | Path]) -> list[Path]:
     return paths
 
 
-def pseudo_cases(paths: Iterable[str | Path], ratio: int, slab: str = "box") -> Iterator[EvalCase]:
-    """Pseudo pairs: each thin volume with its simulated thick scan."""
-    for path in paths:
+def pseudo_cases(
+    paths: Iterable[str | Path], ratio: int, slab: str = "box", noise_hu: float = 0.0, seed: int = 0
+) -> Iterator[EvalCase]:
+    """Pseudo pairs: each thin volume with its simulated thick scan (plus Gaussian noise of `noise_hu`
+    HU, drawn from `seed` and the case's position in the list, when given)."""
+    for n, path in enumerate(paths):
         volume = read_volume(path)
         pair = make_pseudo_pair(volume.array.astype(np.float32), volume.affine, ratio, slab)
+        thick = pair.thick
+        if noise_hu:
+            noise = np.random.default_rng([seed, n]).normal(0.0, noise_hu, thick.shape)
+            thick = (thick + noise).astype(np.float32)
         yield EvalCase(
             volume_name(Path(path)),
-            pair.thick,
+            thick,
             pair.thick_affine,
             pair.truth,
             pair.truth_affine,
             ratio,
-            f"pseudo pair ({slab} slab of {ratio} thin slices) from {Path(path).name}",
+            f"pseudo pair ({slab} slab of {ratio} thin slices"
+            + (f", noise {noise_hu:g} HU" if noise_hu else "")
+            + f") from {Path(path).name}",
         )
 
 
