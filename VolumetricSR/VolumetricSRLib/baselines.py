@@ -1,6 +1,6 @@
 """The CNN baselines of the RPLHR-CT paper, written from their papers' descriptions: ResVox, MPU-Net,
 SAINT and DA-VSR. Each maps (B, D, H, W) thick slices in [0, 1] to the (B, D', H, W) thin slices that
-span them, like TVSRN (cnn_parts.SliceUpsampler); what each paper leaves open and what was chosen is
+span them, like TVSRN (network.ThinSliceNetwork); what each paper leaves open and what was chosen is
 in training/README.md."""
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ import torch
 from torch import nn
 
 from .baseline_config import DAVSRConfig, MPUNetConfig, ResVoxConfig, SAINTConfig
-from .cnn_parts import VIEWS, SliceUpsampler, depth_shuffle, planes, residual_stack, unplanes
+from .cnn_parts import VIEWS, depth_shuffle, planes, residual_stack, unplanes
+from .network import ThinSliceNetwork
 
 
-class ResVox(SliceUpsampler):
+class ResVox(ThinSliceNetwork):
     """3D residual generator: head conv, residual blocks with a global skip, sub-voxel depth upsampling
     (a conv to `ratio` times the features, shuffled into depth) and a conv to one channel."""
 
@@ -35,7 +36,7 @@ class ResVox(SliceUpsampler):
         return self.tail(up)[:, 0]
 
 
-class MPUNet(SliceUpsampler):
+class MPUNet(ThinSliceNetwork):
     """Single-stream MPU-Net: a 3D encoder halves the in-plane size `levels` times (depth is only a few
     slices and is never downsampled); progressive upsampling lifts every scale to the thin depth (a
     depth-wise conv to `ratio` times the features, shuffled into depth) and the decoder merges them
@@ -99,7 +100,7 @@ class PositionFilters(nn.Module):
         return depth_shuffle(out, self.ratio, thin_depth)
 
 
-class SAINT(SliceUpsampler):
+class SAINT(ThinSliceNetwork):
     """Stage 1 (MSR): one 2D network upsamples sagittal and coronal planes (each with its neighbouring
     planes as channels) along depth. Stage 2 (residual fusion network): a 2D network on axial slices of
     both estimates (each thin slice with its neighbours above and below) adds a residual to their mean."""
@@ -131,7 +132,7 @@ class SAINT(SliceUpsampler):
         return 0.5 * (sagittal + coronal) + residual
 
 
-class DAVSR(SliceUpsampler):
+class DAVSR(ThinSliceNetwork):
     """One 2D feature backbone shared by every plane. Through-plane head: residual blocks, a conv to
     `ratio` times the features shuffled into depth, a conv to one channel; applied to sagittal and
     coronal planes. Fusion head: on each thin axial slice, both estimates with the backbone's features
@@ -173,7 +174,7 @@ class DAVSR(SliceUpsampler):
         return 0.5 * (sagittal + coronal) + self.fusion_tail(self.fusion(g)).view(b, thin, h, w)
 
 
-NETWORKS: dict[str, type[SliceUpsampler]] = {
+NETWORKS: dict[str, type[ThinSliceNetwork]] = {
     "resvox": ResVox,
     "mpunet": MPUNet,
     "saint": SAINT,

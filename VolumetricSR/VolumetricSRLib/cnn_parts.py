@@ -1,56 +1,13 @@
-"""What the CNN baselines share: TVSRN's input/output contract, residual blocks, depth sub-pixel
-shuffle and the sagittal / coronal plane views of a thick window."""
+"""What the CNN baselines share beyond TVSRN's input/output contract (network.ThinSliceNetwork):
+residual blocks, depth sub-pixel shuffle and the sagittal / coronal plane views of a thick window."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .baseline_config import BaselineConfig
-from .network import depth_interpolation_matrix
-
 VIEWS = ("sagittal", "coronal")
-
-
-class SliceUpsampler(nn.Module):
-    """Base of the baselines: (B, D, H, W) thick slices in [0, 1] -> (B, D', H, W) thin slices, output
-    slice r * i on input slice i, exactly like TVSRN. In-plane sizes are padded by replication to a
-    multiple of `spatial_multiple` and cropped back. With `cfg.output == "residual"` the output is linear
-    interpolation plus what `predict` returns, and the layers given to `start_at_interpolation` start at
-    zero, so that an untrained network predicts linear interpolation."""
-
-    spatial_multiple = 1
-
-    def __init__(self, cfg: BaselineConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.register_buffer("interp", depth_interpolation_matrix(cfg.depth, cfg.ratio), persistent=False)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) with H, W multiples of spatial_multiple -> (B, D', H, W)."""
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        _b, d, h, w = x.shape
-        if d != self.cfg.depth:
-            raise ValueError(f"expected {self.cfg.depth} input slices, got {d}")
-        m = self.spatial_multiple
-        hp, wp = math.ceil(h / m) * m, math.ceil(w / m) * m
-        xp = F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else x
-        out = self.predict(xp)[:, :, :h, :w]
-        if self.cfg.output == "residual":
-            out = out + torch.einsum("td,bdhw->bthw", self.interp.to(x.dtype), x)
-        return out
-
-    def start_at_interpolation(self, *layers: nn.Module) -> None:
-        """Zero the weights and biases of the output layers when the output is residual."""
-        if self.cfg.output == "residual":
-            for layer in layers:
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
 
 
 class ResidualBlock(nn.Module):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .architectures import ModelConfig
 from .network_config import OUTPUTS, VARIANTS, TVSRNConfig
 
 __all__ = ["OUTPUTS", "TVSRN", "VARIANTS", "TVSRNConfig"]
@@ -367,14 +368,52 @@ def depth_interpolation_matrix(depth: int, ratio: int) -> torch.Tensor:
     return matrix
 
 
-class TVSRN(nn.Module):
+class ThinSliceNetwork(nn.Module):
+    """The contract of every network here (TVSRN and the CNN baselines): (B, D, H, W) thick slices in
+    [0, 1] -> (B, D', H, W) thin slices, output slice r * i on input slice i. In-plane sizes are padded
+    by replication to a multiple of `spatial_multiple` and cropped back. With `cfg.output ==
+    "residual"` the output is linear interpolation plus what `predict` returns."""
+
+    spatial_multiple = 1
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer("interp", depth_interpolation_matrix(cfg.depth, cfg.ratio), persistent=False)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W) with H, W multiples of spatial_multiple -> (B, D', H, W)."""
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, D, H, W) thick slices in [0, 1] -> (B, D', H, W) thin slices."""
+        _b, d, h, w = x.shape
+        if d != self.cfg.depth:
+            raise ValueError(f"expected {self.cfg.depth} input slices, got {d}")
+        m = self.spatial_multiple
+        hp, wp = math.ceil(h / m) * m, math.ceil(w / m) * m
+        xp = F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else x
+        out = self.predict(xp)[:, :, :h, :w]
+        if self.cfg.output == "residual":
+            out = out + torch.einsum("td,bdhw->bthw", self.interp.to(x.dtype), x)
+        return out
+
+    def start_at_interpolation(self, *layers: nn.Module) -> None:
+        """Zero the weights and biases of the output layers when the output is residual, so that the
+        untrained network predicts linear interpolation."""
+        if self.cfg.output == "residual":
+            for layer in layers:
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
+
+
+class TVSRN(ThinSliceNetwork):
     """The network; `cfg.variant` selects full, no_tab, encoder_only or vit."""
 
     def __init__(self, cfg: TVSRNConfig | None = None) -> None:
-        super().__init__()
-        self.cfg = cfg = cfg or TVSRNConfig()
+        super().__init__(cfg or TVSRNConfig())
+        cfg = self.cfg
         c, d = cfg.channels, cfg.depth
-        self.register_buffer("interp", depth_interpolation_matrix(d, cfg.ratio), persistent=False)
         if cfg.variant == "vit":
             p = cfg.vit_patch
             self.patch_embed = nn.Linear(d * p * p, cfg.vit_dim)
@@ -404,9 +443,7 @@ class TVSRN(nn.Module):
                 nn.init.trunc_normal_(self.mask_token, std=0.02)
                 self.fims = nn.ModuleList(FeatureInteraction(cfg) for _ in range(cfg.fim_count))
                 self.head = nn.Linear(c, 1)
-        if cfg.output == "residual":
-            nn.init.zeros_(self.head.weight)
-            nn.init.zeros_(self.head.bias)
+        self.start_at_interpolation(self.head)
 
     @property
     def spatial_multiple(self) -> int:
@@ -418,19 +455,9 @@ class TVSRN(nn.Module):
             return math.lcm(cfg.window, cfg.tab_fold)
         return cfg.window
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, D, H, W) thick slices in [0, 1] -> (B, D', H, W) thin slices."""
-        _b, d, h, w = x.shape
-        if d != self.cfg.depth:
-            raise ValueError(f"expected {self.cfg.depth} input slices, got {d}")
-        m = self.spatial_multiple
-        hp, wp = math.ceil(h / m) * m, math.ceil(w / m) * m
-        xp = F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else x
-        out = self._forward_vit(xp) if self.cfg.variant == "vit" else self._forward_swin(xp)
-        out = out[:, :, :h, :w]
-        if self.cfg.output == "residual":
-            out = out + torch.einsum("td,bdhw->bthw", self.interp.to(x.dtype), x)
-        return out
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, D, H, W), H and W multiples of spatial_multiple -> (B, D', H, W)."""
+        return self._forward_vit(x) if self.cfg.variant == "vit" else self._forward_swin(x)
 
     def _forward_swin(self, x: torch.Tensor) -> torch.Tensor:
         cfg = self.cfg
