@@ -176,7 +176,7 @@ def test_checkpoints_and_model_files_rebuild_the_same_network(method, phantom_vo
 def test_the_core_command_line_runs_an_exported_baseline(method, phantom_volumes, tmp_path, capsys):
     phantom_trainer(tiny_train_config(tmp_path / "run", method, steps=1), phantom_volumes).run()
     card = export_checkpoint(tmp_path / "run" / "last.pt", tmp_path, id=f"{method}-x5", name=method)
-    hu, affine = chest_phantom((6, 20, 18), slice_mm=5.0, pixel_mm=8.0)
+    hu, affine = chest_phantom((6, 20, 18), slice_mm=5.0, pixel_mm=1.0)
     thick = write_volume(tmp_path / "thick.nii.gz", to_int16_hu(hu), affine)
     assert core_main(["summary", "--model", str(card)]) == 0
     assert f"{method}-x5: {method} (trained, x5" in capsys.readouterr().out

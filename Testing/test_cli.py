@@ -113,7 +113,13 @@ def with_spacing(path: Path, destination: Path, slice_mm: float) -> Path:
 def test_predict_real_nifti_writes_the_thin_grid(
     tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    source = shared_ct("TotalSegmentator/example_ct_sm.nii.gz")
+    isotropic = shared_ct("TotalSegmentator/example_ct_sm.nii.gz")  # 3 mm voxels: no slice axis to thin
+    code, _, err = cli(
+        capsys, "predict", isotropic, tmp_path / "thin.nii.gz", "--model", models / "tiny.json"
+    )
+    assert_refused(code, err, "no clear slice axis: its voxels are 3 x 3 x 3 mm (i x j x k)", tmp_path, [])
+
+    source = with_spacing(isotropic, tmp_path / "five_mm.nii.gz", 5.0)  # the same voxels as 5 mm slices
     output = tmp_path / "thin.nii.gz"
     code, out, err = cli(
         capsys, "predict", source, output, "--model", models / "tiny.json", "--device", "cpu"
@@ -136,14 +142,17 @@ def test_predict_real_nifti_writes_the_thin_grid(
     on_thick = thin.array[::5].astype(np.float32) - np.clip(thick.array, *WINDOW)
     assert np.abs(on_thick).mean() < 10 and np.abs(on_thick).max() < 30  # thin slice 5k lies on thick slice k
 
-    assert f"wrote {output}: 122 x 101 x 146 voxels, spacing 3.000 x 3.000 x 0.600 mm" in out
+    assert f"wrote {output}: 122 x 101 x 146 voxels, spacing 3.000 x 3.000 x 1.000 mm" in out
     assert "super-resolved 30 -> 146 slices in " in out and " s on cpu (" in out
+    assert "consistency with the measured slices: mean |re-thickened - measured|" in out
     peak = re.search(r"peak memory \(resident\): ([0-9.]+) GiB", out)
     assert peak is not None and 0.05 < float(peak.group(1)) < 64
 
 
-def test_predict_real_nrrd_to_nrrd(tmp_path: Path, models: Path, capsys: pytest.CaptureFixture) -> None:
-    source = shared_ct("ChestImagingPlatform/ct-64.nrrd")
+def test_predict_real_nrrd_to_nrrd_resamples_to_the_cards_thin_spacing(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = shared_ct("ChestImagingPlatform/TestInput.nrrd")  # 50 slices 6.99 mm apart, 5.28 mm pixels
     output = tmp_path / "thin.nrrd"
     code, out, err = cli(
         capsys, "predict", source, output, "--model", models / "tiny.safetensors", "--device", "cpu"
@@ -152,10 +161,23 @@ def test_predict_real_nrrd_to_nrrd(tmp_path: Path, models: Path, capsys: pytest.
 
     thick = read_volume(source)
     thin = read_volume(output)
-    assert thin.array.shape == ((79 - 1) * 5 + 1, 64, 64)
-    np.testing.assert_array_equal(thin.affine, thin_grid(thick.affine, 79, 5).affine)  # NRRD keeps float64
-    assert "64 x 64 x 391 voxels" in out
+    slice_mm = float(np.linalg.norm(thick.affine[:3, 2]))
+    slices = int(np.floor(49 * slice_mm / 1.0 + 1e-6)) + 1  # 1 mm apart, none beyond the last input slice
+    assert thin.array.shape == (slices, 64, 64)
+    expected = thick.affine.copy()
+    expected[:3, 2] /= slice_mm  # 1 mm steps along the slice axis, from the first input slice
+    np.testing.assert_allclose(thin.affine, expected, rtol=0, atol=1e-9)
+    assert f"64 x 64 x {slices} voxels" in out
+    assert f"slices resampled: cubic B-spline from {slice_mm / 5:.4g} mm to 1 mm" in out
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thin.nrrd"]
+
+
+def test_real_ct_without_a_clear_slice_axis_is_refused(
+    tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
+) -> None:
+    source = shared_ct("ChestImagingPlatform/ct-64.nrrd")  # 4.17 x 4.17 x 3.99 mm: two axes equally coarse
+    code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nrrd", "--model", models / "tiny.json")
+    assert_refused(code, err, "no clear slice axis: its voxels are 4.17 x 4.17 x 3.99 mm", tmp_path, [])
 
 
 def test_predict_passes_the_options_and_the_card_window_to_the_predictor(
@@ -343,31 +365,30 @@ def test_a_volume_file_to_dicom_is_anonymous_and_says_so(
     assert code == 0, err
 
 
-def test_predict_real_head_dicom_to_a_dicom_series(
+def test_real_head_dicom_with_coarser_pixels_than_slices_is_refused(
     tmp_path: Path, models: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    folder = shared_ct("Slicer/CTHeadAxialDicom")
+    folder = shared_ct("Slicer/CTHeadAxialDicom")  # 3.2 mm pixels, 1.5 mm slices
     code, _, err = cli(
         capsys, "predict", folder, tmp_path / "head", "--format", "dicom", "--model", models / "tiny.json"
     )
-    assert code == 0, err
-    assert "warning: input slices are 1.5 mm apart but the model was trained on 5 mm slices" in err
-    thick, thin = read_volume(folder), read_volume(tmp_path / "head")
-    assert thin.array.shape == (461, 64, 64)
-    np.testing.assert_allclose(thin.affine, thin_grid(thick.affine, 93, 5).affine, atol=1e-6)
-    first = pydicom.dcmread(tmp_path / "head" / "IMG00001.dcm")
-    assert first.StudyInstanceUID == thick.dicom.header.StudyInstanceUID
-    assert str(first.PatientName) == str(thick.dicom.header.PatientName)
-    assert first.SeriesNumber == 123456 + 1000
+    assert_refused(code, err, "no clear slice axis: its voxels are 3.2 x 3.2 x 1.5 mm", tmp_path, [])
 
 
 # ---------------------------------------------------------------- refused inputs
 
 
 def test_two_slice_real_nrrd_is_refused(tmp_path: Path, models: Path, capsys: pytest.CaptureFixture) -> None:
-    source = shared_ct("ChestImagingPlatform/crop_ct_2slices.nrrd")
+    source = shared_ct("ChestImagingPlatform/crop_ct_2slices.nrrd")  # 0.586 mm pixels, 0.5 mm slices
     code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nrrd", "--model", models / "tiny.json")
-    assert_refused(code, err, "the model needs at least 4 slices, got 2", tmp_path, [])
+    assert_refused(code, err, "no clear slice axis", tmp_path, [])
+    volume = read_volume(source)
+    affine = volume.affine @ np.diag([1.0, 1.0, 10.0, 1.0])  # 5 mm slices: then too few of them
+    write_volume(tmp_path / "two.nrrd", volume.array, affine)
+    code, _, err = cli(
+        capsys, "predict", tmp_path / "two.nrrd", tmp_path / "thin.nrrd", "--model", models / "tiny.json"
+    )
+    assert_refused(code, err, "the model needs at least 4 slices, got 2", tmp_path, ["two.nrrd"])
 
 
 def test_2d_image_is_refused(tmp_path: Path, models: Path, capsys: pytest.CaptureFixture) -> None:
@@ -388,7 +409,9 @@ def test_missing_spacing_is_refused(tmp_path: Path, models: Path, capsys: pytest
 def test_slices_already_thin_are_refused(
     tmp_path: Path, small_ct: Path, models: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    source = with_spacing(small_ct, tmp_path / "in" / "one_mm.nii.gz", 1.0)
+    volume = read_volume(small_ct)
+    fine = volume.affine @ np.diag([1 / 3, 1 / 3, 1 / 5, 1.0])  # 0.5 mm pixels, 1 mm slices
+    source = write_volume(tmp_path / "in" / "one_mm.nii.gz", volume.array, fine)
     code, _, err = cli(capsys, "predict", source, tmp_path / "thin.nii.gz", "--model", models / "tiny.json")
     assert_refused(code, err, "already as thin as this model's output", tmp_path, ["in"])
 

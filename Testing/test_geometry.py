@@ -14,6 +14,9 @@ from VolumetricSRLib.geometry import (
     GeometryError,
     SpacingWarning,
     check_slice_spacing,
+    slice_axis_first,
+    spaced_grid,
+    thick_axis,
     thin_grid,
     validate_affine,
     voxel_spacing,
@@ -136,3 +139,67 @@ def test_no_trained_spacing_means_no_spacing_check():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         check_slice_spacing(0.3, None, 5)
+
+
+# ---------------------------------------------------------------- output spacing and the slice axis
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    affine=affines(),
+    slices=st.integers(2, 80),
+    spacing=st.floats(0.2, 6.0),
+    i=st.floats(0, 511),
+    j=st.floats(0, 511),
+)
+def test_spaced_slice_n_lies_at_input_slice_n_times_spacing_over_input_spacing(affine, slices, spacing, i, j):
+    grid = spaced_grid(affine, slices, spacing)
+    input_mm = voxel_spacing(affine)[2]
+    n = np.arange(grid.slices, dtype=np.float64)
+    expected = world(affine, i, j, n * spacing / input_mm)
+    np.testing.assert_allclose(world(grid.affine, i, j, n), expected, rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(grid.affine[:, [0, 1, 3]], affine[:, [0, 1, 3]])  # origin, in-plane
+    np.testing.assert_allclose(voxel_spacing(grid.affine)[2], spacing, rtol=1e-12)
+    length = (slices - 1) * input_mm
+    assert (grid.slices - 1) * spacing <= length * (1 + 1e-6)  # the last not beyond the last input slice
+    assert grid.slices * spacing > length  # and no room for one more
+
+
+@pytest.mark.parametrize(
+    ("input_mm", "slices", "expected"), [(2.5, 9, 21), (3.0, 9, 25), (5.0, 9, 41), (2.4, 6, 13)]
+)
+def test_spaced_grid_counts_1_mm_slices(input_mm, slices, expected):
+    affine = np.diag([0.8, 0.8, input_mm, 1.0])
+    assert spaced_grid(affine, slices, 1.0).slices == expected
+
+
+def test_the_thick_axis_is_the_clearly_coarsest_array_axis():
+    assert thick_axis(np.diag([0.8, 0.8, 5.0, 1.0])) == 0  # affine column k is array axis 0
+    assert thick_axis(np.diag([0.8, 5.0, 0.8, 1.0])) == 1
+    assert thick_axis(np.diag([3.0, 0.7, 0.7, 1.0])) == 2
+    assert thick_axis(np.diag([0.8, 0.8, 1.0, 1.0])) == 0  # 1.25 times: clear enough
+    for spacing, sizes in [((1.5, 1.5, 1.5), "1.5 x 1.5 x 1.5"), ((0.7, 5.0, 5.0), "0.7 x 5 x 5")]:
+        with pytest.raises(GeometryError, match=f"no clear slice axis: its voxels are {sizes} mm"):
+            thick_axis(np.diag([*spacing, 1.0]))
+    with pytest.raises(GeometryError, match="spacing is missing or zero"):
+        thick_axis(np.diag([0.8, 0.8, 0.0, 1.0]))
+
+
+@pytest.mark.parametrize("axis", [0, 1, 2])
+def test_slice_axis_first_keeps_every_voxel_at_its_world_position_and_is_its_own_inverse(axis):
+    rng = np.random.default_rng(axis)
+    array = rng.normal(size=(3, 4, 5))
+    affine = np.eye(4)
+    affine[:3, :3] = rng.normal(size=(3, 3))
+    affine[:3, 3] = rng.normal(size=3)
+    moved, moved_affine = slice_axis_first(array, affine, axis)
+    for index in np.ndindex(array.shape):
+        new = list(index)
+        new[0], new[axis] = index[axis], index[0]
+        assert moved[tuple(new)] == array[index]
+        np.testing.assert_allclose(
+            world(moved_affine, *new[::-1]), world(affine, *index[::-1]), rtol=0, atol=1e-12
+        )
+    back, back_affine = slice_axis_first(moved, moved_affine, axis)
+    np.testing.assert_array_equal(back, array)
+    np.testing.assert_array_equal(back_affine, affine)

@@ -128,8 +128,9 @@ def test_the_core_command_line_runs_an_exported_model(run, tmp_path, capsys):
     thick = write_volume(tmp_path / "thick.nii.gz", to_int16_hu(pair.thick), pair.thick_affine)
     assert core_main(["summary", "--model", str(card_path)]) == 0
     assert "cli-check: CLI check (trained, x5" in capsys.readouterr().out
+    # --spacing 3: the model's own grid (15 mm / 5) instead of the default 1 mm
     assert core_main(["predict", str(thick), str(tmp_path / "thin.nii.gz"), "--model", str(card_path),
-                      "--device", "cpu"]) == 0  # fmt: skip
+                      "--device", "cpu", "--spacing", "3"]) == 0  # fmt: skip
     thin = read_volume(tmp_path / "thin.nii.gz")
     assert thin.array.shape == (26, 101, 122)
     assert np.allclose(thin.affine, pair.truth_affine)

@@ -3,6 +3,8 @@
 With `--progress json`, `predict` writes one JSON object per line on stdout (the protocol that
 `child_run` follows): {"event": "progress", "fraction", "message"}, {"event": "warning", "message"},
 {"event": "fallback", "message"}, then {"event": "done", ...} or {"event": "error", "message", "code"}.
+With --output-dir (many studies) each study ends with {"event": "study", "rank", "study", "status",
+"seconds", "detail"} instead of "done", and the run with {"event": "summary", "studies", "failed"}.
 """
 
 from __future__ import annotations
@@ -14,23 +16,23 @@ import sys
 import time
 import traceback
 import warnings
+from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
 from . import demo
 from .allocator import peak_rss_bytes
+from .batch import Outcome, Ranks, Study, gather_outcomes, plan_studies, rank_share, summary_table
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .device import DeviceError, describe_device, resolve_device, use_physical_cores
-from .fallback import super_resolve_with_fallback
 from .geometry import GeometryError, voxel_spacing
-from .intensity import to_int16_hu
 from .model_cards import ModelCard
 from .network import TVSRN, VARIANTS, TVSRNConfig
 from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
+from .study import StudyOptions, ThinStudy, super_resolve_study
 from .volume_io import (
     FORMATS,
     Volume,
@@ -46,6 +48,8 @@ BAD_INPUT = 2
 FAILURE = 1
 INTERRUPTED = 130
 _USER_ERRORS = (VolumeFileError, ModelFileError, InputError, GeometryError, DeviceError)
+GPU_MEMORY_ADVICE = "the GPU ran out of memory; use a smaller --tile (e.g. 256), --batch 1 or --device cpu"
+MEMORY_ADVICE = "out of memory; use a smaller --tile (e.g. 256) and --batch 1"
 
 # The first component of a state_dict key names the part of the network it belongs to.
 _PARTS = {
@@ -72,18 +76,24 @@ def build_parser() -> argparse.ArgumentParser:
         "predict",
         help="super-resolve a CT volume file or DICOM series",
         description="Read a thick CT (.nii, .nii.gz, .nrrd, .nhdr, .mha or a folder holding a DICOM series), "
-        "super-resolve it along the slice axis and write the thin CT (int16 HU) in the format given by "
-        "OUTPUT: a file by its extension, or a derived DICOM series in a folder.",
+        "super-resolve it along its slice axis (the array axis with clearly the coarsest spacing) and write "
+        "the thin CT (int16 HU) in the format given by OUTPUT: a file by its extension, or a derived DICOM "
+        "series in a folder. With --output-dir, many studies in one run (and, under torchrun, shared "
+        "among the processes).",
     )
     predict.add_argument(
-        "input",
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="INPUT OUTPUT: a thick CT (a volume file: .nii, .nii.gz, .nrrd, ...; or a DICOM series "
+        "folder) and the thin CT to write (.nii, .nii.gz or .nrrd, or a folder - an existing one or a path "
+        "ending in '/' - for a DICOM series); or, with --output-dir, one or more inputs",
+    )
+    predict.add_argument(
+        "--output-dir",
         type=Path,
-        help="thick CT: a volume file (.nii, .nii.gz, .nrrd, ...) or a DICOM series folder",
-    )
-    predict.add_argument(
-        "output",
-        help="thin CT to write: .nii, .nii.gz or .nrrd, or a folder (an existing one or a path ending "
-        "in '/') for a DICOM series",
+        help="many studies: write the thin CT of every input PATH into this folder (created if needed) "
+        "as <name>_thin.nii.gz (a <name>_thin DICOM folder with --format dicom); skips existing outputs",
     )
     predict.add_argument(
         "--series", help="SeriesInstanceUID of the series to read when the input folder holds several"
@@ -95,6 +105,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="auto (by OUTPUT: extension or folder) or dicom (write a DICOM series into the folder OUTPUT)",
     )
     add_model_and_device_arguments(predict)
+    predict.add_argument(
+        "--spacing",
+        type=float,
+        metavar="MM",
+        help="output slice spacing in mm (default: the model card's thin spacing, e.g. 1 mm); the model's "
+        "slices (input spacing / ratio) are resampled with a cubic B-spline when it differs",
+    )
+    predict.add_argument(
+        "--enforce-consistency",
+        action="store_true",
+        help="correct the prediction so that each full slab of thin slices re-thickens to its measured thick "
+        "slice (the labels say so)",
+    )
     predict.add_argument(
         "--tile", type=int, help="in-plane tile size in pixels, to save memory (default: whole slices)"
     )
@@ -126,7 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(the authors' scheme, with --depth-overlap 2) (default: mean)",
     )
     predict.add_argument(
-        "--overwrite", action="store_true", help="replace OUTPUT if it exists (a folder: only of DICOM files)"
+        "--overwrite",
+        action="store_true",
+        help="replace OUTPUT if it exists (a folder: only of DICOM files); with --output-dir, redo the "
+        "studies whose output exists instead of skipping them",
     )
     predict.add_argument(
         "--no-compress",
@@ -185,11 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         except _USER_ERRORS as exc:
             return _fail(str(exc), BAD_INPUT, as_json)
         except torch.cuda.OutOfMemoryError:
-            message = "the GPU ran out of memory; use a smaller --tile (e.g. 256), --batch 1 or --device cpu"
-            return _fail(message, FAILURE, as_json)
+            return _fail(GPU_MEMORY_ADVICE, FAILURE, as_json)
         except MemoryError as exc:
-            message = str(exc) or "out of memory; use a smaller --tile (e.g. 256) and --batch 1"
-            return _fail(message, FAILURE, as_json)
+            return _fail(str(exc) or MEMORY_ADVICE, FAILURE, as_json)
         except (KeyboardInterrupt, PredictionCancelled):
             return _fail("interrupted; nothing was written", INTERRUPTED, as_json)
         except Exception as exc:
@@ -227,11 +251,36 @@ def _print_warning(
 
 
 def run_predict(args: argparse.Namespace) -> int:
-    """The `predict` command."""
-    output = check_output_path(args.input, args.output, args.overwrite, args.format)
+    """The `predict` command: one study (INPUT OUTPUT), or many (INPUT ... --output-dir DIR)."""
+    if args.output_dir is not None:
+        return _predict_many(args)
+    if len(args.paths) != 2:
+        raise VolumeFileError(
+            f"predict takes an INPUT and an OUTPUT, got {len(args.paths)} path(s); to super-resolve several "
+            "studies give them with --output-dir DIR"
+        )
+    source, target = Path(args.paths[0]), args.paths[1]  # as typed: a trailing '/' asks for a DICOM folder
+    output = check_output_path(source, target, args.overwrite, args.format)
     use_physical_cores()
-    volume = read_volume(args.input, args.series)
-    device = resolve_device(args.device)
+    volume = read_volume(source, args.series)
+    engine = _load_engine(args, Ranks())
+    study, seconds = _super_resolve(args, engine, volume, source, target)
+    _report(args, engine, study, seconds, output, volume)
+    return 0
+
+
+@dataclass(frozen=True)
+class _Engine:
+    """What every study of a run shares: the model (loaded once), its card and the options (device too)."""
+
+    model: nn.Module
+    card: ModelCard
+    options: StudyOptions
+
+
+def _load_engine(args: argparse.Namespace, ranks: Ranks) -> _Engine:
+    """The device (this rank's GPU under torchrun), the model and the study options of a run."""
+    device = resolve_device(_device_of_rank(args.device, ranks))
     model_path = args.model if args.model is not None else default_model_path()
     if model_path is None:
         raise NoModelError()
@@ -240,7 +289,7 @@ def run_predict(args: argparse.Namespace) -> int:
         warnings.warn(
             f"{card.id} holds untrained weights: the output is not a super-resolved CT", stacklevel=1
         )
-    options = PredictOptions(
+    predict = PredictOptions(
         device=str(device),
         tile=args.tile,
         tile_overlap=args.overlap,
@@ -250,6 +299,21 @@ def run_predict(args: argparse.Namespace) -> int:
         cpu_bf16=args.cpu_bf16,
         depth_blend=args.depth_blend,
     )
+    return _Engine(model, card, StudyOptions(predict, args.spacing, args.enforce_consistency))
+
+
+def _device_of_rank(requested: str, ranks: Ranks) -> str:
+    """Under torchrun with several processes, a GPU request means this process's GPU (LOCAL_RANK)."""
+    wants_gpu = str(requested).strip().lower() in ("auto", "cuda", "gpu")
+    if ranks.world > 1 and wants_gpu and torch.cuda.is_available():
+        return f"cuda:{ranks.local}"
+    return requested
+
+
+def _super_resolve(
+    args: argparse.Namespace, engine: _Engine, volume: Volume, source: Path, target: str
+) -> tuple[ThinStudy, float]:
+    """Super-resolve one volume with progress as asked, write it to `target`; (study, seconds)."""
     as_json = args.progress == "json"
     start = time.perf_counter()
     # disable=None: the bar shows on a terminal only, not in logs of batch runs
@@ -261,76 +325,188 @@ def run_predict(args: argparse.Namespace) -> int:
             report = partial(show_progress, bar)
         else:
             report = None
-        thin, affine, used, fallbacks = super_resolve_with_fallback(
-            model,
+        study = super_resolve_study(
+            engine.model,
+            engine.card,
             volume.array,
             volume.affine,
-            options,
+            engine.options,
             on_fallback=partial(emit, "fallback") if as_json else _warn,
             progress=report,
-            window=card.window,
-            trained_spacing_mm=card.thick_spacing_mm,
         )
     seconds = time.perf_counter() - start
-    thin_hu = to_int16_hu(thin)
-    del thin
-    _write_thin(args, output, thin_hu, affine, volume, card)
-    k, j, i = thin_hu.shape
-    spacing = voxel_spacing(affine)
-    ran_on = describe_device(resolve_device(used.device))
+    _write_thin(args, target, study, volume, source, engine.card)
+    return study, seconds
+
+
+def _report(
+    args: argparse.Namespace, engine: _Engine, study: ThinStudy, seconds: float, output: Path, volume: Volume
+) -> None:
+    """The done event (--progress json) or the lines for people, after one study."""
+    k, j, i = study.hu.shape
+    spacing = voxel_spacing(study.affine)
+    ran_on = describe_device(resolve_device(study.used.device))
     peak = peak_rss_bytes()
-    if as_json:
+    check = study.consistency
+    if args.progress == "json":
         emit(
             "done",
             output=str(output),
             shape=[i, j, k],
             spacing_mm=[float(value) for value in spacing],
+            affine=study.affine.tolist(),
             seconds=seconds,
             device=ran_on,
-            fallbacks=list(fallbacks),
-            model=card.id,
-            model_sha256=card.sha256,
-            ratio=card.ratio,
+            fallbacks=list(study.fallbacks),
+            model=engine.card.id,
+            model_sha256=engine.card.sha256,
+            ratio=engine.card.ratio,
             peak_rss_bytes=peak,
+            slice_axis=study.slice_axis,
+            resampling=study.resampling,
+            consistency=check.summary() if check is not None else None,
+            consistency_line=check.line() if check is not None else None,
         )
-        return 0
+        return
+    thick_slices = volume.array.shape[study.slice_axis]
+    thin_slices = study.hu.shape[study.slice_axis]
     print(f"wrote {output}: {i} x {j} x {k} voxels, spacing {' x '.join(f'{s:.3f}' for s in spacing)} mm")
-    print(f"super-resolved {volume.array.shape[0]} -> {k} slices in {seconds:.1f} s on {ran_on}")
+    axis = f" along array axis {study.slice_axis}" if study.slice_axis else ""
+    print(f"super-resolved {thick_slices} -> {thin_slices} slices{axis} in {seconds:.1f} s on {ran_on}")
+    if study.resampling is not None:
+        print(f"slices resampled: {study.resampling}")
+    if check is not None:
+        print(check.line())
     if peak is not None:
         print(f"peak memory (resident): {peak / 2**30:.2f} GiB")
-    return 0
 
 
 def _write_thin(
-    args: argparse.Namespace,
-    output: Path,
-    thin_hu: np.ndarray,
-    affine: np.ndarray,
-    volume: Volume,
-    card: ModelCard,
+    args: argparse.Namespace, target: str, study: ThinStudy, volume: Volume, source: Path, card: ModelCard
 ) -> None:
-    """Write the thin CT labelled synthetic (model id, weights sha256, input); a DICOM series goes into
-    the input's study when the input was DICOM, else into a new anonymous one (and a warning says so)."""
-    synthetic = {"model": card.id, "model_sha256": card.sha256, "source": Path(args.input).name}
+    """Write the thin CT labelled synthetic (model id, weights sha256, input, resampling) with its
+    consistency check; a DICOM series goes into the input's study when the input was DICOM, else into a
+    new anonymous one (and a warning says so)."""
+    synthetic = {"model": card.id, "model_sha256": card.sha256, "source": Path(source).name}
+    if study.resampling is not None:
+        synthetic["slice_resampling"] = study.resampling
     if volume.dicom is not None:
         synthetic["source_series_uid"] = volume.dicom.series_uid
-    elif output_format(args.output, args.format) == "dicom":
+    elif output_format(target, args.format) == "dicom":
         warnings.warn(
-            f"the input is not DICOM, so the series in {output} is filed under a new anonymous patient and "
-            "study; move it to the right patient in your DICOM tools if needed",
+            f"the input is not DICOM, so the series in {Path(target)} is filed under a new anonymous patient "
+            "and study; move it to the right patient in your DICOM tools if needed",
             stacklevel=1,
         )
     write_volume(
-        args.output,  # as typed: a trailing '/' asks for a DICOM folder
-        thin_hu,
-        affine,
+        target,
+        study.hu,
+        study.affine,
         overwrite=args.overwrite,
-        input_path=args.input,
+        input_path=source,
         compress=args.compress,
         synthetic=synthetic,
         out_format=args.format,
         dicom_source=volume.dicom,
+        consistency=study.consistency,
     )
+
+
+def _predict_many(args: argparse.Namespace) -> int:
+    """Every input into --output-dir: this rank's share, one failure not stopping the rest, a table."""
+    if args.series is not None and len(args.paths) > 1:
+        raise VolumeFileError(
+            "--series chooses a series in one DICOM folder; give a single input with --series, or run the "
+            "folders one at a time"
+        )
+    ranks = _ranks()
+    output_dir = _output_folder(args.output_dir)
+    studies = plan_studies([Path(path) for path in args.paths], output_dir, dicom=args.format == "dicom")
+    mine = rank_share(studies, ranks)
+    use_physical_cores()
+    engine = _load_engine(args, ranks)
+    outcomes = [_one_study(args, engine, study, f"{n}/{len(mine)}", ranks) for n, study in enumerate(mine, 1)]
+    everyone = gather_outcomes(outcomes, ranks)
+    if everyone is None:  # rank 0 reports every study
+        return 0
+    return _summarise(args, everyone)
+
+
+def _ranks() -> Ranks:
+    try:
+        return Ranks.from_environment()
+    except ValueError as error:
+        raise InputError(f"the torchrun environment is inconsistent: {error}") from None
+
+
+def _output_folder(folder: Path) -> Path:
+    """The --output-dir folder, created if it does not exist."""
+    if folder.exists() and not folder.is_dir():
+        raise VolumeFileError(f"--output-dir {folder} is a file; give a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        reason = error.strerror or error
+        raise VolumeFileError(f"cannot create the output folder {folder}: {reason}") from error
+    return folder
+
+
+def _one_study(args: argparse.Namespace, engine: _Engine, study: Study, place: str, ranks: Ranks) -> Outcome:
+    """Run one study of many; any failure but an interrupt becomes a "failed" outcome."""
+    name = str(study.input)
+    as_json = args.progress == "json"
+    if not as_json:
+        who = f"rank {ranks.rank} of {ranks.world}, " if ranks.world > 1 else ""
+        print(f"[{who}study {place}] {name} -> {study.output}", flush=True)
+    start = time.perf_counter()
+    if study.output.exists() and not args.overwrite:
+        outcome = Outcome(name, "skipped", 0.0, f"{study.output} exists (--overwrite redoes it)")
+    else:
+        target = f"{study.output}/" if args.format == "dicom" else str(study.output)
+        try:
+            check_output_path(study.input, target, args.overwrite, args.format)
+            volume = read_volume(study.input)
+            result, seconds = _super_resolve(args, engine, volume, study.input, target)
+            if not as_json:
+                _report(args, engine, result, seconds, study.output, volume)
+            outcome = Outcome(name, "done", time.perf_counter() - start, str(study.output))
+        except (KeyboardInterrupt, PredictionCancelled):
+            raise
+        except Exception as error:  # one study's failure, whatever it is, must not stop the others
+            message = _failure_message(error)
+            print(f"error: {name}: {message}", file=sys.stderr, flush=True)
+            outcome = Outcome(name, "failed", time.perf_counter() - start, message)
+    if as_json:
+        emit("study", rank=ranks.rank, **asdict(outcome))
+    return outcome
+
+
+def _summarise(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
+    """The table of every study (stdout; stderr with --progress json) and the exit code."""
+    failed = [outcome.study for outcome in outcomes if outcome.status == "failed"]
+    table = summary_table(outcomes)
+    if args.progress == "json":
+        print(table, file=sys.stderr)
+        emit("summary", studies=[asdict(outcome) for outcome in outcomes], failed=failed)
+    else:
+        print(table)
+    if failed:
+        print(f"error: {len(failed)} of {len(outcomes)} studies failed: {', '.join(failed)}", file=sys.stderr)
+        return FAILURE
+    return 0
+
+
+def _failure_message(error: BaseException) -> str:
+    """One line for a failure: the message of a user error, advice for memory, else type and message
+    (with the traceback on stderr)."""
+    if isinstance(error, _USER_ERRORS):
+        return str(error)
+    if isinstance(error, torch.cuda.OutOfMemoryError):
+        return GPU_MEMORY_ADVICE
+    if isinstance(error, MemoryError):
+        return str(error) or MEMORY_ADVICE
+    traceback.print_exc()
+    return f"{type(error).__name__}: {error}"
 
 
 def _emit_progress(fraction: float, message: str) -> None:

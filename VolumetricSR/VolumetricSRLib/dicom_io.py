@@ -386,11 +386,13 @@ def write_dicom_series(
     synthetic: Mapping[str, str],
     source: DicomSource | None = None,
     overwrite: bool = False,
+    comments: str | None = None,
 ) -> Path:
     """Write int16 HU voxels (K, J, I) with a RAS affine as a derived CT series, one file per slice.
 
     Patient, study and frame of reference come from `source` (the DICOM input), else they are new and
-    anonymous. The folder appears complete or not at all (written beside it, then renamed).
+    anonymous. `comments` (e.g. the consistency check's line) goes into ImageComments. The folder
+    appears complete or not at all (written beside it, then renamed).
     """
     folder = Path(folder)
     if array.dtype != np.int16:
@@ -400,6 +402,8 @@ def write_dicom_series(
     row, col, pixel_spacing, positions = _image_plane(affine, array.shape[0])
     normal = np.cross(row, col)
     dataset = _series_dataset(synthetic, source)
+    if comments:
+        dataset.ImageComments = comments[:10240]  # LT: at most 10240 characters
     dataset.ImageOrientationPatient = _ds([*row, *col])
     dataset.PixelSpacing = _ds(pixel_spacing)
     thickness = abs(float((positions[-1] - positions[0]) @ normal)) / max(len(positions) - 1, 1)

@@ -7,6 +7,7 @@ module and must stay light.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,6 +20,7 @@ from .atomic import atomic_path
 from .geometry import voxel_spacing
 
 if TYPE_CHECKING:
+    from .consistency import Consistency
     from .dicom_io import DicomSource
 
 SUPPORTED = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -31,6 +33,7 @@ _ITK_DTYPES = frozenset(
 ) | {np.dtype(np.float32), np.dtype(np.float64)}
 
 SYNTHETIC_LABEL = "SYNTHETIC thin CT (VolumetricSR super-resolution)"
+NIFTI_COMMENT_CODE = 6  # NIfTI-1 header extension code "comment": free text (here one JSON object)
 
 
 class VolumeFileError(ValueError):
@@ -260,6 +263,7 @@ def write_volume(
     synthetic: Mapping[str, str] | None = None,
     out_format: str = "auto",
     dicom_source: DicomSource | None = None,
+    consistency: Consistency | None = None,
 ) -> Path:
     """Write (K, J, I) voxels with a RAS affine as NIfTI, NRRD (by extension) or a DICOM series
     (see output_format), atomically.
@@ -269,9 +273,13 @@ def write_volume(
     labels a volume made by a network: NIfTI `descrip` starts with SYNTHETIC_LABEL and `intent_name`
     is "SYNTHETIC"; NRRD gets `VolumetricSR_synthetic:=true` and one `VolumetricSR_<key>:=<value>`
     line per entry; DICOM gets a derived series (dicom_io.write_dicom_series, which copies patient
-    and study from `dicom_source`). A file appears complete or not at all: it is written to a hidden
-    temporary file in the same folder, then renamed. NIfTI gets sform and qform code 1 (scanner);
-    NRRD is written in LPS.
+    and study from `dicom_source`). `consistency` (a check of the prediction against its input) is
+    stored beside the label: NRRD `VolumetricSR_consistency:=<line>` and one
+    `VolumetricSR_consistency_<key>:=<value>` per summary entry; NIfTI a header extension (code 6,
+    comment) holding {"VolumetricSR_consistency": summary, "line": line} as JSON and `aux_file`
+    "consistency <mean> HU"; DICOM the line as ImageComments. A file appears complete or not at
+    all: it is written to a hidden temporary file in the same folder, then renamed. NIfTI gets sform
+    and qform code 1 (scanner); NRRD is written in LPS.
     """
     kind = output_format(path, out_format)
     path = check_output_path(input_path, path, overwrite, out_format)
@@ -284,13 +292,14 @@ def write_volume(
     if kind == "dicom":
         from .dicom_io import write_dicom_series
 
-        return write_dicom_series(path, array, affine, synthetic or {}, dicom_source, overwrite)
-    labels = None if synthetic is None or kind != "nrrd" else _nrrd_labels(synthetic)
+        comments = consistency.line() if consistency is not None else None
+        return write_dicom_series(path, array, affine, synthetic or {}, dicom_source, overwrite, comments)
+    labels = _nrrd_labels(synthetic, consistency) if kind == "nrrd" else None
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     try:
         with atomic_path(path, suffix) as temporary:
             if kind == "nifti":
-                _write_nifti(temporary, array, affine, path.name, synthetic)
+                _write_nifti(temporary, array, affine, path.name, synthetic, consistency)
             else:
                 _write_nrrd(temporary, array, affine, path.name, compress, labels)
     except OSError as exc:
@@ -309,9 +318,29 @@ def synthetic_series_description(model: str) -> str:
     return f"SYNTHETIC thin CT VolumetricSR {model}".strip()[:64]
 
 
-def _nrrd_labels(synthetic: Mapping[str, str]) -> dict[str, str]:
-    labels = {"VolumetricSR_synthetic": "true", "VolumetricSR_description": synthetic_description(synthetic)}
-    labels.update({f"VolumetricSR_{key}": str(value) for key, value in synthetic.items()})
+def _consistency_fields(consistency: Consistency) -> dict[str, str]:
+    """NRRD key/value fields of a consistency check: its line and one field per summary entry."""
+    fields = {"VolumetricSR_consistency": consistency.line()}
+    fields.update(
+        {f"VolumetricSR_consistency_{key}": str(value) for key, value in consistency.summary().items()}
+    )
+    return fields
+
+
+def _nrrd_labels(
+    synthetic: Mapping[str, str] | None, consistency: Consistency | None
+) -> dict[str, str] | None:
+    if synthetic is None and consistency is None:
+        return None
+    labels: dict[str, str] = {}
+    if synthetic is not None:
+        labels = {
+            "VolumetricSR_synthetic": "true",
+            "VolumetricSR_description": synthetic_description(synthetic),
+        }
+        labels.update({f"VolumetricSR_{key}": str(value) for key, value in synthetic.items()})
+    if consistency is not None:
+        labels.update(_consistency_fields(consistency))
     for key, value in labels.items():
         if ":=" in key or any(c in f"{key}{value}" for c in "\r\n"):
             raise VolumeFileError(
@@ -357,7 +386,12 @@ def _write_nrrd(
 
 
 def _write_nifti(
-    path: Path, array: np.ndarray, affine: np.ndarray, name: str, synthetic: Mapping[str, str] | None
+    path: Path,
+    array: np.ndarray,
+    affine: np.ndarray,
+    name: str,
+    synthetic: Mapping[str, str] | None,
+    consistency: Consistency | None,
 ) -> None:
     nib = _nibabel()
     try:
@@ -365,6 +399,11 @@ def _write_nifti(
         if synthetic is not None:
             image.header["descrip"] = synthetic_description(synthetic).encode("ascii", "replace")
             image.header["intent_name"] = b"SYNTHETIC"
+        if consistency is not None:
+            record = {"VolumetricSR_consistency": consistency.summary(), "line": consistency.line()}
+            content = json.dumps(record).encode("utf-8")
+            image.header.extensions.append(nib.nifti1.Nifti1Extension(NIFTI_COMMENT_CODE, content))
+            image.header["aux_file"] = f"consistency {consistency.mean_abs_hu:.1f} HU"[:23].encode("ascii")
         image.set_sform(affine, code=1)
         image.set_qform(affine, code=1)
         image.header.set_data_dtype(array.dtype)

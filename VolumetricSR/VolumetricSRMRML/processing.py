@@ -2,7 +2,8 @@
 
 The input's voxels and exact IJK-to-RAS go to a private temporary folder; the core's command line
 (`volumetricsr predict ... --progress json`) runs under Slicer's own Python and reports progress;
-its thin volume comes back as a node whose geometry is the thin grid of the input's. Nothing in
+its thin volume comes back as a node whose geometry is the one its "done" event gives (the thin
+grid of the input's, at the output spacing), with the consistency check's line. Nothing in
 the scene changes until the child has finished: a cancelled or failed run leaves no new node, an
 existing output node untouched, and no temporary files. This module never imports torch.
 """
@@ -16,10 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import slicer
 
 from VolumetricSRLib.child_run import ChildError, ChildRun, core_command, slicer_python
-from VolumetricSRLib.geometry import thin_grid, voxel_spacing
+from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.volume_io import read_volume, write_volume
 
 from .volume_nodes import (
@@ -58,6 +60,8 @@ class RunSettings:
     batch: int | None = None
     amp: bool = True
     allow_untrained: bool = False
+    spacing_mm: float | None = None
+    enforce_consistency: bool = False
 
     def arguments(self) -> list[str]:
         """The predict options on the command line."""
@@ -73,6 +77,10 @@ class RunSettings:
             arguments.append("--no-amp")
         if self.allow_untrained:
             arguments.append("--allow-untrained")
+        if self.spacing_mm:
+            arguments += ["--spacing", repr(float(self.spacing_mm))]
+        if self.enforce_consistency:
+            arguments.append("--enforce-consistency")
         return arguments
 
 
@@ -83,16 +91,18 @@ class SuperResolutionResult:
     output: slicer.vtkMRMLScalarVolumeNode
     created: bool
     slices: int
-    spacing_mm: tuple[float, float, float]
+    spacing_mm: tuple[float, float, float]  # in-plane, in-plane, between slices
     seconds: float
     device: str
     fallbacks: tuple[str, ...]
     warnings: tuple[str, ...]
+    consistency: str | None = None
 
     def summary(self) -> str:
-        """One status line, e.g. '321 slices of 1 mm (0.78 x 0.78 mm in-plane) in 12.3 s on cpu'."""
+        """One status line, e.g. '321 slices of 1 mm (0.78 x 0.78 mm in-plane) in 12.3 s on cpu;
+        consistency with the measured slices: ...'."""
         i, j, k = self.spacing_mm
-        notes = "".join(f"; {note}" for note in (*self.fallbacks, *self.warnings))
+        notes = "".join(f"; {note}" for note in (*self.fallbacks, *self.warnings, self.consistency) if note)
         return (
             f"{self.output.GetName()}: {self.slices} slices of {k:.3g} mm ({i:.3g} x {j:.3g} mm in-plane) "
             f"in {self.seconds:.1f} s on {self.device}{notes}"
@@ -123,7 +133,6 @@ class SuperResolutionJob:
         self._harden = harden_transform
         self._affine = volume_geometry(input_node, harden_transform)
         voxels = volume_array(input_node)
-        self._slices = int(voxels.shape[0])
         self.warnings: list[str] = []
         self.fallbacks: list[str] = []
         self._done: dict | None = None
@@ -191,14 +200,14 @@ class SuperResolutionJob:
         if self._output is not None and self._output.GetScene() is None:
             raise VolumeNodeError("the output volume left the scene while the input was being super-resolved")
         thin = read_volume(self._thin_path).array
-        grid = thin_grid(self._affine, self._slices, int(done["ratio"]))
-        if thin.shape[0] != grid.slices:
-            raise ChildError(f"the child wrote {thin.shape[0]} slices where the thin grid has {grid.slices}")
+        affine = np.array(done["affine"], dtype=np.float64)
+        if list(thin.shape[::-1]) != list(done["shape"]):
+            raise ChildError(f"the child wrote {thin.shape[::-1]} voxels where it reported {done['shape']}")
         created = self._output is None
         output = write_thin_volume(
             scene,
             thin,
-            grid.affine,
+            affine,
             name=unique_output_name(scene, self._input) if created else self._output.GetName(),
             node=self._output,
         )
@@ -223,16 +232,19 @@ class SuperResolutionJob:
                 "Seconds": f"{done['seconds']:.2f}",
             },
         )
-        spacing = voxel_spacing(grid.affine)
+        axis = int(done["slice_axis"])
+        spacing = voxel_spacing(affine)
+        in_plane = [float(spacing[column]) for column in range(3) if column != 2 - axis]
         return SuperResolutionResult(
             output=output,
             created=created,
-            slices=int(thin.shape[0]),
-            spacing_mm=(float(spacing[0]), float(spacing[1]), float(spacing[2])),
+            slices=int(thin.shape[axis]),
+            spacing_mm=(*in_plane, float(spacing[2 - axis])),
             seconds=float(done["seconds"]),
             device=str(done["device"]),
             fallbacks=tuple(self.fallbacks),
             warnings=tuple(self.warnings),
+            consistency=done.get("consistency_line"),
         )
 
     def _remove_folder(self) -> None:

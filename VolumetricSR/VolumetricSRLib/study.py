@@ -1,0 +1,143 @@
+"""One study, thick volume in, thin volume out: the steps `volumetricsr predict` runs on each input.
+
+1. The slice axis is found from the affine (geometry.thick_axis) and moved to array axis 0.
+2. The network predicts the thin grid (input spacing / r, with GPU out-of-memory fallbacks).
+3. The prediction is checked against the measured slices (consistency.check_consistency, the card's
+   slab profile and window) and, if asked, corrected to agree with them (enforce_consistency).
+4. If the output spacing differs from the model's own, the thin volume is resampled along the slice
+   axis with a cubic B-spline (slice_resampling) onto geometry.spaced_grid.
+5. The slice axis goes back where it was: the output is laid out like the input.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+
+from .consistency import Consistency, check_consistency, enforce_consistency, slab_of
+from .fallback import super_resolve_with_fallback
+from .geometry import GeometryError, SpacingWarning, slice_axis_first, spaced_grid, thick_axis, voxel_spacing
+from .intensity import to_int16_hu
+from .model_cards import ModelCard
+from .predictor import InputError, PredictOptions
+from .slice_resampling import SAME_SPACING, is_native_spacing, resample_slices, resampling_positions
+
+
+@dataclass(frozen=True)
+class StudyOptions:
+    """How one study is made: predictor options, output spacing (None: the card's thin spacing) and
+    whether the prediction is corrected to agree with the measured slices."""
+
+    predict: PredictOptions = field(default_factory=PredictOptions)
+    spacing_mm: float | None = None
+    enforce_consistency: bool = False
+
+
+@dataclass
+class ThinStudy:
+    """The thin output (int16 HU, laid out like the input) and how it was made."""
+
+    hu: np.ndarray
+    affine: np.ndarray
+    consistency: Consistency | None
+    used: PredictOptions
+    fallbacks: tuple[str, ...]
+    slice_axis: int
+    resampling: str | None  # e.g. "cubic B-spline from 0.6 mm to 1 mm", None on the model's own grid
+
+
+def super_resolve_study(
+    model: nn.Module,
+    card: ModelCard,
+    hu: np.ndarray,
+    affine: np.ndarray,
+    options: StudyOptions,
+    *,
+    on_fallback: Callable[[str], None] | None = None,
+    progress: Callable[[float, str], None] | None = None,
+) -> ThinStudy:
+    """Super-resolve a thick (K, J, I) HU volume whose slice axis may be any array axis."""
+    if options.enforce_consistency and card.ratio % 2 == 0:
+        raise InputError(
+            f"--enforce-consistency needs an odd ratio (each thick slice on a thin one); {card.id} is "
+            f"x{card.ratio}"
+        )
+    axis = thick_axis(affine)
+    thick_hu, thick_affine = slice_axis_first(np.asarray(hu), affine, axis)
+    input_mm = float(voxel_spacing(thick_affine)[2])
+    target = output_spacing(input_mm, card, options.spacing_mm)
+    thin, thin_affine, used, fallbacks = super_resolve_with_fallback(
+        model,
+        thick_hu,
+        thick_affine,
+        options.predict,
+        on_fallback=on_fallback,
+        progress=progress,
+        window=card.window,
+        trained_spacing_mm=card.thick_spacing_mm,
+    )
+    thin_hu = to_int16_hu(thin)
+    del thin
+    thin_hu, consistency = _checked(thin_hu, thick_hu, card, options.enforce_consistency)
+    resampling = None
+    if target is not None:
+        native_mm = input_mm / card.ratio
+        grid = spaced_grid(thick_affine, thick_hu.shape[0], target)
+        positions = resampling_positions(native_mm, target, grid.slices)
+        thin_hu = to_int16_hu(np.clip(resample_slices(thin_hu, positions), *card.window))
+        thin_affine = grid.affine
+        resampling = f"cubic B-spline from {native_mm:.4g} mm to {target:.4g} mm"
+    out, out_affine = slice_axis_first(thin_hu, thin_affine, axis)
+    return ThinStudy(np.ascontiguousarray(out), out_affine, consistency, used, fallbacks, axis, resampling)
+
+
+def output_spacing(input_mm: float, card: ModelCard, requested_mm: float | None) -> float | None:
+    """The spacing to resample the model's slices to, or None to keep the model's own (input / r).
+
+    `requested_mm` must be finer than the input; without it the card's thin spacing is used when it
+    is finer than the input (else the model's grid: the predictor refuses inputs that thin anyway).
+    Output slices finer than the model's are interpolated, and a warning says so.
+    """
+    native_mm = input_mm / card.ratio
+    if requested_mm is not None:
+        if not np.isfinite(requested_mm) or requested_mm <= 0:
+            raise GeometryError(f"--spacing must be a positive number of mm, got {requested_mm!r}")
+        if requested_mm >= input_mm * (1 - SAME_SPACING):
+            raise GeometryError(
+                f"--spacing {requested_mm:g} mm is not finer than the input's {input_mm:.4g} mm slices; "
+                f"choose a spacing below {input_mm:.4g} mm (the model makes {native_mm:.4g} mm slices)"
+            )
+        target = requested_mm
+    elif card.thin_spacing_mm is not None and card.thin_spacing_mm < input_mm * (1 - SAME_SPACING):
+        target = float(card.thin_spacing_mm)
+    else:
+        return None
+    if is_native_spacing(native_mm, target):
+        return None
+    if target < native_mm:
+        warnings.warn(
+            f"output slices {target:.4g} mm apart are finer than the model's {native_mm:.4g} mm "
+            f"({input_mm:.4g} mm / {card.ratio}): the slices between the model's are cubic-interpolated",
+            SpacingWarning,
+            stacklevel=2,
+        )
+    return target
+
+
+def _checked(
+    thin_hu: np.ndarray, thick_hu: np.ndarray, card: ModelCard, enforce: bool
+) -> tuple[np.ndarray, Consistency | None]:
+    """The consistency check of the prediction (None for an even ratio), after enforcing it if asked."""
+    if card.ratio % 2 == 0:
+        return thin_hu, None
+    slab = slab_of(card.training)
+    check = check_consistency(thin_hu, thick_hu, card.ratio, card.window, slab)
+    if not enforce:
+        return thin_hu, check
+    corrected = to_int16_hu(enforce_consistency(thin_hu, thick_hu, card.ratio, card.window, slab))
+    after = check_consistency(corrected, thick_hu, card.ratio, card.window, slab)
+    return corrected, after.after_enforcing(check)
