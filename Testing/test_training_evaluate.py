@@ -226,3 +226,36 @@ def test_evaluate_command_reports_bad_input(tmp_path, capsys):
                  "--out", str(tmp_path / "eval")])  # fmt: skip
     assert code == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_evaluate_reads_a_dicom_series_folder_as_one_case(tmp_path, capsys):
+    from dicom_series import thick_positions, write_series
+
+    from VolumetricSRLib.volume_io import read_volume
+
+    hu, _ = tiny_thin(4)
+    series = tmp_path / "dicom" / "chest"
+    stored = (hu + 1024).astype(np.uint16)
+    write_series(series, stored, thick_positions(36, (0, 0, 1.0)), pixel_spacing=(0.7, 0.7))
+    as_nifti = tmp_path / "nifti" / "chest.nii.gz"
+    as_nifti.parent.mkdir()
+    volume = read_volume(series)
+    write_volume(as_nifti, volume.array, volume.affine)
+    model = str(tmp_path / "model.pt")
+    Trainer(TrainConfig(run_dir=str(tmp_path), model=TINY, device="cpu", plot=False)).save("model")
+
+    def evaluate_command(source, out: str) -> int:
+        return main(["evaluate", "--model", model, "--volumes", str(source), "--out", str(tmp_path / out),
+                     "--device", "cpu"])  # fmt: skip
+
+    assert evaluate_command(series, "from_dicom") == evaluate_command(as_nifti, "from_nifti") == 0
+    capsys.readouterr()
+    dicom, nifti = (
+        json.loads((tmp_path / out / "summary.json").read_text()) for out in ("from_dicom", "from_nifti")
+    )
+    assert dicom["cases"] == nifti["cases"] == ["chest"]
+    assert dicom["methods"] == nifti["methods"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert evaluate_command(empty, "bad") == 2
+    assert "DICOM" in capsys.readouterr().err and not (tmp_path / "bad").exists()

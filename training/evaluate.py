@@ -85,15 +85,14 @@ class LoadedModel:
 
 # data ------------------------------------------------------------------------------------------
 def thin_volume_paths(items: Iterable[str | Path]) -> list[Path]:
-    """Files given directly, and the volume files (.nii.gz, .nii, .nrrd) inside given folders."""
+    """Files given directly, the volume files (.nii.gz, .nii, .nrrd, ...) inside given folders, and a
+    folder without volume files as one DICOM series (read_volume says why when it is none)."""
     paths: list[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
             inside = sorted(p for p in path.iterdir() if p.name.lower().endswith(SUPPORTED))
-            if not inside:
-                raise ValueError(f"{path} holds no volume files ({', '.join(SUPPORTED)})")
-            paths += inside
+            paths += inside or [path]
         elif path.exists():
             paths.append(path)
         else:
@@ -147,8 +146,10 @@ def real_cases(root: str | Path, split: str, ratio: int, min_slices: int) -> Ite
 
 
 def volume_name(path: Path) -> str:
-    """File name without its volume suffix (.nii.gz, .nii, .nrrd)."""
+    """File name without its volume suffix (.nii.gz, .nii, .nrrd, ...); a DICOM folder's name."""
     name = path.name
+    if path.is_dir():
+        return name
     for suffix in SUPPORTED:
         if name.lower().endswith(suffix):
             return name[: -len(suffix)]
