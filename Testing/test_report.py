@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from conftest import tiny_tvsrn
@@ -164,3 +165,34 @@ def test_cases_of_the_report_are_the_evaluate_commands(volumes):
     cases = list(pseudo_cases(volumes, 5))
     assert [case.name for case in cases] == ["chest1", "chest2"]
     assert cases[0].truth.shape[0] == (cases[0].thick.shape[0] - 1) * 5 + 1
+
+
+def test_a_broken_score_record_is_scored_again_and_other_options_are_not_reused(tmp_path, volumes, capsys):
+    out = tmp_path / "report"
+    argv = ["report", "--methods", "linear", "--test", str(volumes[0]), "--out", str(out)]
+    assert main(argv) == 0
+    (out / "scores" / "linear.json").write_text("{not json")
+    assert main(argv) == 0
+    assert "scores kept" not in capsys.readouterr().out
+    assert main([*argv, "--tile", "16"]) == 0  # other predictor options: scored again, not reused
+    assert "scores kept" not in capsys.readouterr().out
+    assert main(argv) == 0 and main(argv) == 0
+    assert "linear: scores kept" in capsys.readouterr().out
+
+
+def test_a_run_folder_of_other_settings_is_refused(tmp_path, volumes, capsys):
+    config = tiny_config(tmp_path, volumes[0], steps=2)
+    out = str(tmp_path / "report")
+    assert main(["report", "--methods", str(config), "--test", str(volumes[0]), "--out", out]) == 0
+    config.write_text(config.read_text().replace("lr = 0.003", "lr = 0.002"))
+    assert main(["report", "--methods", str(config), "--test", str(volumes[0]), "--out", out]) == 2
+    assert "holds a run of other settings (lr: 0.003 -> 0.002)" in capsys.readouterr().err
+
+
+def test_a_missing_gpu_is_a_message_not_a_traceback(tmp_path, volumes, zero_head_model, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    argv = ["report", "--methods", str(zero_head_model), "--test", str(volumes[0]), "--out", str(tmp_path),
+            "--device", "cuda"]  # fmt: skip
+    assert main(argv) == 2
+    assert "report: error:" in capsys.readouterr().err

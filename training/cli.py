@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from VolumetricSRLib.consistency import SLABS
+from VolumetricSRLib.device import DeviceError
 
 from .config import load_config
 
@@ -299,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     args.argv = argv
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError, DeviceError) as exc:
         print(f"volumetricsr-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

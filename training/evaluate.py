@@ -41,7 +41,12 @@ from .rplhr import DatasetError, check_split, load_pair
 
 METHODS = ("model", "cubic", "linear")
 BASELINES = ("linear", "cubic")
-METHOD_LABELS = {"cubic": "cubic B-spline interpolation", "linear": "linear interpolation"}
+METHOD_LABELS = {
+    "nearest": "nearest neighbour",
+    "linear": "linear interpolation",
+    "cubic": "cubic B-spline interpolation",
+    "lanczos": "Lanczos-3 interpolation",
+}
 CASE_FIELDS = (
     "case",
     "method",
@@ -184,11 +189,15 @@ def predictions(model: LoadedModel, case: EvalCase, options: PredictOptions) -> 
     )
     if thin.shape != case.truth.shape or not np.allclose(affine, case.truth_affine, atol=1e-3):
         raise RuntimeError(f"{case.name}: the prediction's grid does not lie on the truth's grid")
-    unit = hu_to_unit(case.thick, model.window)
     out = {"model": thin}
     for method in BASELINES:
-        out[method] = unit_to_hu(interpolate_slices(unit, case.ratio, method), model.window)
+        out[method] = interpolate_hu(case.thick, case.ratio, method, model.window)
     return out
+
+
+def interpolate_hu(thick: np.ndarray, ratio: int, method: str, window: tuple[float, float]) -> np.ndarray:
+    """An interpolation baseline in HU: the thick HU clipped to the window, interpolated, mapped back."""
+    return unit_to_hu(interpolate_slices(hu_to_unit(thick, window), ratio, method), window)
 
 
 def score_case(model: LoadedModel, case: EvalCase, options: PredictOptions) -> list[dict]:

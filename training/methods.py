@@ -1,5 +1,5 @@
 """The methods of the comparison (the RPLHR-CT paper's ablations and CNN baselines): one config each in
-training/configs under the shared budget of shared_ct_tvsrn.toml, and their parameter counts beside the
+training/configs under the shared budget of compare_budget.toml, and their parameter counts beside the
 papers' (`python -m volumetricsr_training.methods` prints the table)."""
 
 from __future__ import annotations

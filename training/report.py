@@ -20,30 +20,31 @@ import re
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from VolumetricSRLib.atomic import write_bytes_atomically, write_text_atomically
-from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
+from VolumetricSRLib.device import resolve_device
+from VolumetricSRLib.intensity import HU_MAX, HU_MIN
 from VolumetricSRLib.interpolation import METHODS as INTERPOLATIONS
-from VolumetricSRLib.interpolation import interpolate_slices
 from VolumetricSRLib.metrics import score_volume
 from VolumetricSRLib.network import count_parameters
 from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
 
 from .checkpoints import read_checkpoint, state_digest
-from .config import load_config
-from .evaluate import PROTOCOL, EvalCase, load_for_evaluation, one_sided_wilcoxon
+from .config import learning_differences, load_config
+from .evaluate import (
+    METHOD_LABELS,
+    PROTOCOL,
+    EvalCase,
+    interpolate_hu,
+    load_for_evaluation,
+    one_sided_wilcoxon,
+)
 from .methods import CONFIGS, METHODS
 
-INTERPOLATION_LABELS = {
-    "nearest": "nearest neighbour",
-    "linear": "linear interpolation",
-    "cubic": "cubic B-spline interpolation",
-    "lanczos": "Lanczos-3 interpolation",
-}
 DEFAULT_METHODS = (*INTERPOLATIONS, *(str(CONFIGS / name) for name in METHODS))
 METHOD_FIELDS = (
     "method", "label", "kind", "parameters", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std",
@@ -112,7 +113,16 @@ def trained_checkpoint(spec: MethodSpec, train: bool, log: Callable[[str], None]
     cfg = load_config(spec.source)
     run_dir = Path(cfg.run_dir)
     last = run_dir / "last.pt"
-    step = int(read_checkpoint(last)["step"]) if last.is_file() else 0
+    step = 0
+    if last.is_file():
+        saved = read_checkpoint(last)
+        differences = learning_differences(saved["config"], cfg.to_dict())
+        if differences:
+            raise ValueError(
+                f"{spec.name}: {run_dir} holds a run of other settings ({'; '.join(differences)}); "
+                "move that run away or give the config another run_dir"
+            )
+        step = int(saved["step"])
     if step < cfg.steps:
         if not train:
             log(f"{spec.name}: trained {step} of {cfg.steps} steps; left out (train it, or drop --no-train)")
@@ -121,9 +131,11 @@ def trained_checkpoint(spec: MethodSpec, train: bool, log: Callable[[str], None]
 
         log(f"{spec.name}: training {cfg.run_dir} from step {step} to {cfg.steps}")
         trainer = Trainer(cfg)
-        trainer.resume()
-        trainer.run()
-        trainer.ctx.close()
+        try:
+            trainer.resume()
+            trainer.run()
+        finally:
+            trainer.ctx.close()
     best = run_dir / "best.pt"
     return best if best.is_file() else last
 
@@ -149,22 +161,20 @@ def score_method(
         "scored": source,
         "weights_digest": None if model is None else state_digest(model.network),
         "data_digest": data_identity(cases),
-        "device": options.device,
+        "options": {key: value for key, value in asdict(options).items() if key != "reuse_memory"},
     }
     stored = out_dir / "scores" / f"{spec.name}.json"
-    if stored.is_file():
-        previous = json.loads(stored.read_text(encoding="utf-8"))
-        if previous["identity"] == identity:
-            log(f"{spec.name}: scores kept from {stored}")
-            return Scored(spec, previous["label"], previous["parameters"], previous["rows"], identity)
-    label = INTERPOLATION_LABELS[spec.name] if model is None else model.label
+    previous = _stored_scores(stored)
+    if previous is not None and previous["identity"] == identity:
+        log(f"{spec.name}: scores kept from {stored}")
+        return Scored(spec, previous["label"], previous["parameters"], previous["rows"], identity)
+    label = METHOD_LABELS[spec.name] if model is None else model.label
     parameters = 0 if model is None else count_parameters(model.network)
     rows = []
     for case in cases:
         start = time.perf_counter()
         if model is None:
-            unit = hu_to_unit(case.thick, (HU_MIN, HU_MAX))
-            thin = unit_to_hu(interpolate_slices(unit, case.ratio, spec.source), (HU_MIN, HU_MAX))
+            thin = interpolate_hu(case.thick, case.ratio, spec.source, (HU_MIN, HU_MAX))
         else:
             thin, _ = super_resolve_hu(
                 model.network, case.thick, case.thick_affine, options, window=model.window
@@ -177,6 +187,17 @@ def score_method(
     stored.parent.mkdir(exist_ok=True)
     write_text_atomically(stored, json.dumps(record, indent=2) + "\n")
     return Scored(spec, label, parameters, rows, identity)
+
+
+def _stored_scores(path: Path) -> dict | None:
+    """The stored record of a method's scores, or None when there is none or it cannot be read
+    (an unreadable record is scored again, not trusted)."""
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    keys = {"identity", "label", "parameters", "rows"}
+    return record if isinstance(record, dict) and keys <= set(record) else None
 
 
 def summary_rows(results: list[Scored]) -> list[dict]:
@@ -358,6 +379,7 @@ def run_report(
     """Train what is unfinished (when `train`), score every method, write the report; returns its files."""
     if not cases:
         raise ValueError("no cases to score")
+    options = replace(options, device=str(resolve_device(options.device)))  # a missing GPU: DeviceError
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     results = [r for spec in specs if (r := score_method(spec, cases, options, out, train, log)) is not None]
