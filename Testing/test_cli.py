@@ -20,12 +20,15 @@ import torch
 from dicom_series import LPS, write_series
 
 from conftest import shared_ct
+from VolumetricSRLib import cli as cli_module
 from VolumetricSRLib import model_cards
-from VolumetricSRLib.cli import main, parameter_parts
+from VolumetricSRLib.baseline_config import BASELINES
+from VolumetricSRLib.cli import build_parser, main, parameter_parts
 from VolumetricSRLib.cli_common import progress_bar, show_progress
 from VolumetricSRLib.geometry import thin_grid
 from VolumetricSRLib.intensity import to_int16_hu
 from VolumetricSRLib.network import TVSRN, TVSRNConfig, count_parameters
+from VolumetricSRLib.networks import build_network
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
 from VolumetricSRLib.predictor import PredictOptions, bf16_cpu_supported, super_resolve_hu
 from VolumetricSRLib.volume_io import read_volume, write_volume
@@ -305,7 +308,8 @@ def test_predict_dicom_series_to_nifti_and_to_a_dicom_series_that_agree(
         in first.DerivationDescription
     )
     assert "from series 1.2.826.7.1;" in first.DerivationDescription
-    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert "super-resolved by VolumetricSR (TVSRN) model tiny," in first.DerivationDescription
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "AXIAL"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["dicom", "thin", "thin.nii.gz"]
 
 
@@ -363,6 +367,48 @@ def test_a_volume_file_to_dicom_is_anonymous_and_says_so(
         capsys, "predict", small_ct, out, "--format", "dicom", "--model", models / "tiny.json", "--overwrite"
     )
     assert code == 0, err
+
+
+def test_a_baseline_model_is_named_by_its_label_in_the_series_and_the_help_says_any_model(
+    tmp_path: Path, small_ct: Path, capsys: pytest.CaptureFixture
+) -> None:
+    torch.manual_seed(0)
+    network = build_network(BASELINES["mpunet"].tiny(output="residual").to_dict())
+    card = save_model(network, tmp_path, id="mpunet-x5", name="MPU-Net", trained=True)
+    model = ["--model", card, "--device", "cpu"]
+    code, _, err = cli(capsys, "predict", small_ct, f"{tmp_path / 'series'}/", *model)
+    assert code == 0, err
+    headers, _ = read_dicom_back(tmp_path / "series")
+    derivation = headers[0].DerivationDescription
+    assert derivation.startswith(
+        "SYNTHETIC: thin slices super-resolved by VolumetricSR (MPU-Net) model mpunet"
+    )
+    assert "TVSRN" not in derivation
+    nrrd = tmp_path / "thin.nrrd"
+    assert cli(capsys, "predict", small_ct, nrrd, *model)[0] == 0
+    assert "VolumetricSR_architecture:=MPU-Net" in nrrd.read_bytes()[:4000].decode("latin-1")
+
+    description = build_parser().description
+    assert description.endswith("with the model (TVSRN by default).") and "with TVSRN" not in description
+    assert "with the model, TVSRN by default" in cli_module.__doc__.splitlines()[0]
+
+
+def test_a_dicom_series_is_written_into_the_current_folder(
+    tmp_path: Path,
+    small_ct: Path,
+    models: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    code, out, err = cli(capsys, "predict", small_ct, ".", "--model", models / "tiny.json", "--device", "cpu")
+    monkeypatch.chdir(tmp_path)  # the folder was replaced by the new series: leave the old one
+    assert code == 0, err
+    assert "wrote .: 32 x 32 x 26 voxels" in out
+    assert read_volume(here).array.shape == (26, 32, 32)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here", "in"]
 
 
 def test_real_head_dicom_with_coarser_pixels_than_slices_is_refused(

@@ -17,7 +17,7 @@ from conftest import REPO, tiny_tvsrn
 from VolumetricSRLib import cli
 from VolumetricSRLib.batch import Ranks, Study, output_names, plan_studies, rank_share
 from VolumetricSRLib.phantom import chest_phantom
-from VolumetricSRLib.volume_io import read_volume, write_volume
+from VolumetricSRLib.volume_io import SUPPORTED, read_volume, write_volume
 from VolumetricSRLib.weights import save_model
 
 
@@ -65,6 +65,12 @@ def test_output_names_are_stems_made_unique_by_parent_folders_then_extensions():
     assert output_names([Path("/a/ct.nrrd"), Path("/x/a/ct.nrrd")]) == ["a_ct", "x_a_ct"]
     mixed = [Path("/x/a/ct.nii.gz"), Path("/x/a/ct.nrrd"), Path("/y/a/ct.nrrd")]
     assert output_names(mixed) == ["x_a_ct_nii_gz", "x_a_ct_nrrd", "y_a_ct"]
+
+
+def test_output_names_drop_every_extension_that_read_volume_reads():
+    for extension in SUPPORTED:
+        assert output_names([Path(f"/d/chest{extension.upper()}")]) == ["chest"], extension
+        assert output_names([Path(f"/d/{extension}")]) == [extension]  # nothing before it: kept whole
 
 
 def test_plan_sorts_removes_duplicates_and_names_dicom_folders(tmp_path):
@@ -157,6 +163,75 @@ def test_dicom_folders_and_json_progress(tmp_path, card, capsys):
     assert study["status"] == "done" and study["detail"] == str(out / "chest_5mm_thin") and study["rank"] == 0
     assert events[-1]["event"] == "summary" and events[-1]["failed"] == []
     assert read_volume(out / "chest_5mm_thin").array.shape == (26, 20, 16)
+
+
+def write_dicom_phantom(folder: Path, slices: int, series_uid: str) -> None:
+    """A 5 mm phantom scan of `slices` slices as a DICOM CT series."""
+    hu, affine = chest_phantom((slices, 20, 16), slice_mm=5.0, pixel_mm=1.0)
+    lps = LPS @ affine[:3]
+    spacing = np.linalg.norm(lps[:, :3], axis=0)
+    positions = lps[:, 3] + np.outer(np.arange(slices), lps[:, 2])
+    row, column = lps[:, 0] / spacing[0], lps[:, 1] / spacing[1]
+    stored = (hu + 1024).astype(np.uint16)
+    write_series(folder, stored, positions, row, column, (spacing[1], spacing[0]), series_uid=series_uid)
+
+
+def test_series_chooses_the_series_of_a_single_input_with_output_dir(tmp_path, card, capsys):
+    study = tmp_path / "study"
+    write_dicom_phantom(study / "a", 6, "1.2.826.9.1")
+    write_dicom_phantom(study / "b", 7, "1.2.826.9.2")
+    out = tmp_path / "out"
+    code, stdout, err = predict_many(capsys, card, study, "--output-dir", out)
+    assert (
+        code == 1 and "holds 2 CT series; choose one with --series UID" in table_rows(stdout)[str(study)][2]
+    )
+    code, stdout, err = predict_many(capsys, card, study, "--output-dir", out, "--series", "1.2.826.9.2")
+    assert code == 0, err
+    assert table_rows(stdout)[str(study)][0] == "done"
+    assert read_volume(out / "study_thin.nii.gz").array.shape == (31, 20, 16)  # (7 - 1) * 5 + 1: series b
+
+
+def test_an_interrupt_says_how_many_studies_were_written(tmp_path, card, capsys, monkeypatch):
+    sources = [thick(tmp_path / "in", f"s{n}.nii.gz", seed=n) for n in range(3)]
+    out = tmp_path / "out"
+    real, calls = cli._super_resolve, []
+
+    def interrupted_on_the_second(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cli, "_super_resolve", interrupted_on_the_second)
+    code, _, err = predict_many(capsys, card, *sources, "--output-dir", out)
+    assert code == 130
+    assert (
+        f"error: interrupted during study 2/3 ({sources[1]}), which was not written; 1 study was written "
+        f"to {out} in this run"
+    ) in err.splitlines()
+    assert "nothing was written" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["s0_thin.nii.gz"]
+
+    calls.clear()
+    argv = [*map(str, sources), "--output-dir", str(out), "--model", str(card), "--device", "cpu"]
+    assert cli.main(["predict", *argv, "--progress", "json"]) == 130  # s0 skipped, s1 done, s2 interrupted
+    last = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert last == {
+        "event": "error",
+        "message": f"interrupted during study 3/3 ({sources[2]}), which was not written; 1 study was written "
+        f"to {out} in this run",
+        "code": 130,
+    }
+
+    calls.clear()
+    calls.append(None)  # the first call is the second: interrupted at once
+    (out / "s0_thin.nii.gz").unlink()
+    code, _, err = predict_many(capsys, card, *sources, "--output-dir", out, "--overwrite")
+    assert code == 130
+    assert (
+        f"error: interrupted during study 1/3 ({sources[0]}), which was not written; nothing was written"
+        in err
+    )
 
 
 def test_the_forms_of_predict_are_checked(tmp_path, card, capsys):

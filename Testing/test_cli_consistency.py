@@ -120,6 +120,73 @@ def test_enforcing_corrects_the_prediction_and_the_labels_say_so(tmp_path, card,
     assert f"; enforced (corrected from {before['mean_abs_hu']:.1f} HU)" in header
 
 
+@pytest.fixture
+def thick_3mm(tmp_path: Path) -> Path:
+    """3 mm slices: the x5 model makes 0.6 mm slices, resampled to the card's 1 mm by default."""
+    thin, affine = chest_phantom((36, 24, 20), pixel_mm=1.0, seed=3)
+    hu, thick_affine = simulate_thick(thin, affine, 3)
+    return write_volume(tmp_path / "thick_3mm.nrrd", np.rint(hu).astype(np.int16), thick_affine)
+
+
+def test_a_resampled_output_says_its_check_was_made_on_the_models_grid(tmp_path, card, thick_3mm, capsys):
+    native, thin = tmp_path / "native.nrrd", tmp_path / "thin.nrrd"
+    assert predict(card, thick_3mm, native, "--progress", "json", "--spacing", "0.6") == 0
+    on_native = done_event(capsys.readouterr().out)
+    assert on_native["resampling"] is None and "model_grid_mm" not in on_native["consistency"]
+    assert on_native["consistency"] == by_hand(native, thick_3mm).summary()
+    assert on_native["consistency_line"].startswith("consistency with the measured slices: mean ")
+
+    assert predict(card, thick_3mm, thin, "--progress", "json") == 0
+    resampled = done_event(capsys.readouterr().out)
+    assert resampled["resampling"] == "cubic B-spline from 0.6 mm to 1 mm"
+    assert resampled["consistency"] == {**on_native["consistency"], "model_grid_mm": 0.6}  # the same check
+    line = resampled["consistency_line"]
+    assert line.startswith(
+        "consistency with the measured slices on the model's 0.6 mm grid (before resampling): "
+    )
+    assert line.endswith(on_native["consistency_line"].removeprefix("consistency with the measured slices"))
+    header = thin.read_bytes()[:4000].decode("latin-1")
+    assert (
+        f"VolumetricSR_consistency:={line}" in header
+        and "VolumetricSR_consistency_model_grid_mm:=0.6" in header
+    )
+
+
+def test_enforcing_is_refused_when_the_output_would_be_resampled(tmp_path, card, thick_3mm, capsys):
+    assert predict(card, thick_3mm, tmp_path / "thin.nrrd", "--enforce-consistency") == 2
+    err = capsys.readouterr().err
+    assert (
+        "error: --enforce-consistency corrects the model's own 0.6 mm slices (input 3 mm / 5), but the "
+        in err
+    )
+    assert "output would be resampled to 1 mm, which undoes the correction; add --spacing 0.6 " in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["thick_3mm.nrrd"]  # nothing written
+    assert predict(card, thick_3mm, tmp_path / "thin.nrrd", "--enforce-consistency", "--spacing", "0.5") == 2
+    assert "to 0.5 mm, which undoes the correction; use --spacing 0.6 instead of 0.5 to keep" in (
+        capsys.readouterr().err
+    )
+    assert predict(card, thick_3mm, tmp_path / "thin.nrrd", "--enforce-consistency", "--spacing", "0.6") == 0
+    line = [line for line in capsys.readouterr().out.splitlines() if line.startswith("consistency")]
+    assert line and "; enforced (corrected from " in line[0] and "model's" not in line[0]
+
+
+def test_a_model_of_depth_2_on_two_slices_skips_the_check_with_a_note(tmp_path, capsys):
+    network = tiny_tvsrn(ratio=5, depth=2, output="residual")
+    card = save_model(network, tmp_path, id="two", name="Two", trained=True)
+    hu, affine = chest_phantom((2, 24, 20), slice_mm=5.0, pixel_mm=1.0)
+    source = write_volume(tmp_path / "two.nrrd", hu, affine)
+    assert predict(card, source, tmp_path / "thin.nrrd", "--progress", "json") == 0
+    captured = capsys.readouterr()
+    events = [json.loads(line) for line in captured.out.splitlines()]
+    assert events[-1]["event"] == "done" and events[-1]["shape"] == [20, 24, 6]
+    assert events[-1]["consistency"] is None and events[-1]["consistency_line"] is None
+    notes = [event["message"] for event in events if event["event"] == "warning"]
+    assert any(note.startswith("no consistency check: 2 thick slices leave no full slab") for note in notes)
+    assert "Traceback" not in captured.err
+    code = predict(card, source, tmp_path / "enforced.nrrd", "--enforce-consistency")
+    assert code == 2 and "--enforce-consistency needs at least 3 thick slices" in capsys.readouterr().err
+
+
 def test_the_slicer_module_status_line_shows_the_check(tmp_path, card, thick):
     slicer = pytest.importorskip("slicer", reason="the MRML tests need the slicer-core wheel")
     from VolumetricSRMRML.processing import RunSettings, super_resolve_volume

@@ -97,6 +97,20 @@ def test_3_mm_slices_are_resampled_with_a_cubic_b_spline(tmp_path, card):
     assert np.abs(thin - expected).max() <= 1.0  # int16 rounding, float32 weights
 
 
+def test_a_spacing_a_hair_under_a_whole_multiple_keeps_its_last_slice_without_a_crash(tmp_path, card):
+    """9 slices of 2.5 (1 - 5e-7) mm: the slice count's relative slack keeps 21 output slices at 1 mm,
+    the last 2e-5 thin slices beyond the model's last one; it is clipped, not refused."""
+    slice_mm = 2.5 * (1 - 5e-7)
+    hu, _ = chest_phantom((9, *SHAPE[1:]), slice_mm=slice_mm, pixel_mm=PIXEL_MM)
+    source = write_volume(tmp_path / "thick.nrrd", hu, thick_affine(slice_mm))
+    assert read_volume(source).spacing[2] == pytest.approx(slice_mm, rel=1e-12)
+    assert predict(source, tmp_path / "thin.nrrd", card) == 0
+    assert predict(source, tmp_path / "native.nrrd", card, "--spacing", slice_mm / 5) == 0
+    thin, native = read_volume(tmp_path / "thin.nrrd").array, read_volume(tmp_path / "native.nrrd").array
+    assert thin.shape == (21, *SHAPE[1:]) and native.shape == (41, *SHAPE[1:])
+    assert np.abs(thin.astype(np.int32) - native[::2]).max() <= 1  # on the model's slices (int16 rounding)
+
+
 @pytest.mark.parametrize("axis", [1, 2])
 def test_a_slice_axis_stored_elsewhere_gives_the_world_output_of_its_axis_0_twin(tmp_path, card, axis):
     source = write_thick(tmp_path, 3.0)

@@ -20,7 +20,7 @@ from VolumetricSRLib.dicom_io import check_output_folder, write_dicom_series
 from VolumetricSRLib.volume_io import VolumeFileError, read_volume, write_volume
 
 SHAPE = (6, 10, 12)  # (K, J, I): all sizes differ
-SYNTHETIC = {"model": "tvsrn-x5-test", "model_sha256": "cd" * 32, "source": "thick"}
+SYNTHETIC = {"model": "tvsrn-x5-test", "architecture": "TVSRN", "model_sha256": "cd" * 32, "source": "thick"}
 
 
 def stored_values(shape: tuple[int, int, int] = SHAPE) -> np.ndarray:
@@ -242,7 +242,7 @@ def test_derived_series_reads_back_in_pydicom_simpleitk_and_our_reader(tmp_path:
 
     first, original = headers[0], source.dicom.header
     assert first.SOPClassUID == pydicom.uid.CTImageStorage and first.Modality == "CT"
-    assert list(first.ImageType)[:2] == ["DERIVED", "SECONDARY"]
+    assert list(first.ImageType) == ["DERIVED", "SECONDARY", "OTHER"]  # oblique slices: not AXIAL
     assert first.SeriesDescription == "SYNTHETIC thin CT VolumetricSR tvsrn-x5-test"
     assert first.DerivationDescription == (
         "SYNTHETIC: thin slices super-resolved by VolumetricSR (TVSRN) model tvsrn-x5-test, weights sha256 "
@@ -282,25 +282,122 @@ def test_a_series_from_a_non_dicom_volume_gets_an_anonymous_patient_and_study(tm
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), thin_volume()[::-1])
 
 
+def test_the_architecture_label_names_the_network_in_the_derivation(tmp_path: Path) -> None:
+    label = {**SYNTHETIC, "architecture": "MPU-Net"}
+    out = write_dicom_series(tmp_path / "out", thin_volume(), np.eye(4), label)
+    derivation = read_back(out)[0][0].DerivationDescription
+    assert derivation.startswith("SYNTHETIC: thin slices super-resolved by VolumetricSR (MPU-Net) model ")
+    assert "TVSRN" not in derivation
+    unnamed = {key: value for key, value in SYNTHETIC.items() if key != "architecture"}
+    out = write_dicom_series(tmp_path / "unnamed", thin_volume(), np.eye(4), unnamed)
+    assert "super-resolved by VolumetricSR model tvsrn-x5-test," in read_back(out)[0][0].DerivationDescription
+
+
+@pytest.mark.parametrize(
+    ("axis", "degrees", "third"),
+    [([1.0, 0, 0], 0.0, "AXIAL"), ([1.0, 0, 0], 4.0, "AXIAL"), ([1.0, 0, 0], 7.0, "OTHER"),
+     ([1.0, 0, 0], 90.0, "OTHER"), ([0, 1.0, 0], 90.0, "OTHER"), ([0, 0, 1.0], 30.0, "AXIAL")],
+    ids=["axial", "tilted-4", "tilted-7", "coronal", "sagittal", "axial-turned-in-plane"],
+)  # fmt: skip
+def test_image_type_is_axial_only_for_slices_near_the_patient_z_axis(tmp_path, axis, degrees, third):
+    turn = rotation(axis, degrees)
+    affine = ras_affine(turn[:, 0], turn[:, 1], (0.8, 0.7), [10, 20, 30], 1.0 * turn[:, 2])
+    out = write_dicom_series(tmp_path / "out", thin_volume(), affine, SYNTHETIC)
+    assert {tuple(d.ImageType) for d in read_back(out)[0]} == {("DERIVED", "SECONDARY", third)}
+
+
+def test_acquisition_attributes_are_copied_from_the_source_or_left_empty(tmp_path: Path) -> None:
+    oblique_series(tmp_path / "in")
+    source = read_volume(tmp_path / "in").dicom
+    out = write_dicom_series(tmp_path / "plain", thin_volume(), np.eye(4), SYNTHETIC, source)
+    first = read_back(out)[0][0]
+    assert first.LossyImageCompression == "00"
+    for keyword in ("KVP", "AcquisitionNumber"):  # Type 2 in the CT Image module: present, empty
+        assert keyword in first and first[keyword].value in (None, "")
+
+    source.header.KVP, source.header.AcquisitionNumber = "120", 3
+    source.header.LossyImageCompression = "01"
+    source.header.LossyImageCompressionRatio, source.header.LossyImageCompressionMethod = "10", "ISO_10918_1"
+    out = write_dicom_series(tmp_path / "lossy", thin_volume(), np.eye(4), SYNTHETIC, source)
+    first = read_back(out)[0][0]
+    assert (float(first.KVP), int(first.AcquisitionNumber)) == (120.0, 3)
+    assert first.LossyImageCompression == "01"  # once lossy, a derived image stays lossy
+    assert (float(first.LossyImageCompressionRatio), first.LossyImageCompressionMethod) == (
+        10.0,
+        "ISO_10918_1",
+    )
+
+    del source.header.LossyImageCompression  # no value given, but a lossy JPEG transfer syntax
+    source.header.file_meta.TransferSyntaxUID = pydicom.uid.JPEGBaseline8Bit
+    out = write_dicom_series(tmp_path / "jpeg", thin_volume(), np.eye(4), SYNTHETIC, source)
+    assert read_back(out)[0][0].LossyImageCompression == "01"
+
+    out = write_dicom_series(tmp_path / "anonymous", thin_volume(), np.eye(4), SYNTHETIC)
+    first = read_back(out)[0][0]
+    assert first.LossyImageCompression == "00" and first.KVP in (None, "") and "AcquisitionNumber" in first
+
+
+def test_a_series_is_written_into_the_current_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    assert write_dicom_series(".", thin_volume(), np.eye(4), SYNTHETIC) == Path(".")
+    monkeypatch.chdir(tmp_path)  # the folder was replaced: leave the old one
+    assert len(list(here.iterdir())) == 21
+    np.testing.assert_array_equal(read_volume(here).array, thin_volume())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]  # no temporary folder left
+    monkeypatch.chdir(here)
+    write_volume(".", thin_volume(1), np.eye(4), out_format="dicom", overwrite=True)
+    monkeypatch.chdir(tmp_path)
+    np.testing.assert_array_equal(read_volume(here).array, thin_volume(1))
+
+
 def test_write_volume_writes_dicom_into_a_folder_path(tmp_path: Path) -> None:
     out = write_volume(f"{tmp_path / 'series'}/", thin_volume(), np.eye(4), synthetic=SYNTHETIC)
     assert out == tmp_path / "series" and len(list(out.iterdir())) == 21
     assert sorted(p.name for p in tmp_path.iterdir()) == ["series"]  # no temporary folder left
 
 
-def test_existing_folders_are_replaced_only_when_asked_and_only_if_dicom(tmp_path: Path) -> None:
+def test_existing_folders_are_replaced_only_when_asked_and_only_if_our_own_output(tmp_path: Path) -> None:
     out = write_dicom_series(tmp_path / "out", thin_volume(0), np.eye(4), SYNTHETIC)
     with pytest.raises(
         VolumeFileError, match="already exists and is not empty; choose a new or empty folder"
     ):
         write_volume(out, thin_volume(1), np.eye(4), out_format="dicom")
+    with pytest.raises(VolumeFileError, match="already exists and is not empty"):
+        write_dicom_series(out, thin_volume(1), np.eye(4), SYNTHETIC)  # the writer checks too
     write_volume(out, thin_volume(1), np.eye(4), out_format="dicom", overwrite=True)
     np.testing.assert_array_equal(read_volume(out).array, thin_volume(1))
     assert len(list(out.iterdir())) == 21 and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
     (out / "notes.txt").write_text("mine")
+    with pytest.raises(VolumeFileError) as error:
+        check_output_folder(None, out, overwrite=True)
+    assert str(error.value).startswith(f"{out} holds notes.txt, a file that VolumetricSR did not write; ")
+    assert str(error.value).endswith("choose another output folder")
+    (out / "notes.txt").unlink()
+
+    # a scanner's series (or any DICOM not written by VolumetricSR) is never replaced
+    scanner = tmp_path / "scanner"
+    paths = write_series(scanner, stored_values(), thick_positions(SHAPE[0], [0, 0, 5.0]))
+    before = {path.name: path.read_bytes() for path in paths}
+    for attempt in (
+        lambda: write_volume(scanner, thin_volume(), np.eye(4), out_format="dicom", overwrite=True),
+        lambda: write_dicom_series(scanner, thin_volume(), np.eye(4), SYNTHETIC, overwrite=True),
+    ):
+        with pytest.raises(VolumeFileError) as error:
+            attempt()
+        assert f"{scanner} holds slice" in str(error.value)
+        assert "a DICOM file that VolumetricSR did not write" in str(error.value)
+        assert "choose another output folder" in str(error.value)
+    assert {path.name: path.read_bytes() for path in scanner.iterdir()} == before
+
+    # one foreign DICOM file among our own output: refused as well
+    ours = pydicom.dcmread(next(out.iterdir()))
+    ours.Manufacturer = "ACME"  # derived, but by another program
+    ours.save_as(out / "ZZZ.dcm")
     with pytest.raises(
-        VolumeFileError, match=r"holds notes.txt, which is not a DICOM file; --overwrite replaces"
+        VolumeFileError, match=r"holds ZZZ\.dcm, a DICOM file that VolumetricSR did not write"
     ):
         check_output_folder(None, out, overwrite=True)
     empty = tmp_path / "empty"

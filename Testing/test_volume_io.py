@@ -562,3 +562,11 @@ def test_importing_volume_io_loads_no_simpleitk_pydicom_nibabel_or_torch() -> No
     env = {"PYTHONPATH": str(REPO / "VolumetricSR")}
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_the_lps_to_ras_flip_is_defined_once_and_used_by_dicom_io() -> None:
+    from VolumetricSRLib import dicom_io, volume_io
+
+    np.testing.assert_array_equal(volume_io.LPS_TO_RAS, LPS)
+    assert dicom_io.LPS_TO_RAS is volume_io.LPS_TO_RAS
+    assert not hasattr(dicom_io, "_LPS_TO_RAS") and not hasattr(volume_io, "_LPS_TO_RAS")

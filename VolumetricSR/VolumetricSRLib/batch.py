@@ -19,8 +19,11 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .volume_io import SUPPORTED
+
 OUTPUT_SUFFIX = "_thin"
-VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+# the volume file extensions read_volume reads, longest first: ".nii.gz" before ".nii" or ".gz"
+_EXTENSIONS = tuple(sorted(SUPPORTED, key=len, reverse=True))
 STATUSES = ("done", "skipped", "failed")
 POLL_SECONDS = 0.5
 
@@ -111,7 +114,7 @@ def _name(path: Path, parents: int) -> str:
 
 def _stem(path: Path) -> str:
     lower = path.name.lower()
-    for extension in VOLUME_EXTENSIONS:
+    for extension in _EXTENSIONS:
         if lower.endswith(extension) and len(lower) > len(extension):
             return path.name[: -len(extension)]
     return path.name

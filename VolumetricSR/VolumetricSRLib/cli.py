@@ -1,10 +1,12 @@
-"""The `volumetricsr` command: predict (super-resolve a CT file), devices, summary (parameter counts), demo.
+"""The `volumetricsr` command: predict (super-resolve a CT file with the model, TVSRN by default), devices,
+summary (parameter counts), demo.
 
 With `--progress json`, `predict` writes one JSON object per line on stdout (the protocol that
 `child_run` follows): {"event": "progress", "fraction", "message"}, {"event": "warning", "message"},
 {"event": "fallback", "message"}, then {"event": "done", ...} or {"event": "error", "message", "code"}.
 With --output-dir (many studies) each study ends with {"event": "study", "rank", "study", "status",
-"seconds", "detail"} instead of "done", and the run with {"event": "summary", "studies", "failed"}.
+"seconds", "detail"} instead of "done", and the run with {"event": "summary", "studies", "failed"}; an
+interrupt says how many studies were written before it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from torch import nn
 
 from . import demo
 from .allocator import peak_rss_bytes
+from .architectures import label_of
 from .batch import Outcome, Ranks, Study, gather_outcomes, plan_studies, rank_share, summary_table
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .device import DeviceError, describe_device, resolve_device, use_physical_cores
@@ -68,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser with its three subcommands."""
     parser = argparse.ArgumentParser(
         prog="volumetricsr",
-        description="Super-resolve thick-slice CT (e.g. 5 mm) to thin slices (1 mm) with TVSRN.",
+        description="Super-resolve thick-slice CT (e.g. 5 mm) to thin slices (1 mm) with the model (TVSRN by "
+        "default).",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="{predict,devices,summary,demo}")
 
@@ -151,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--overwrite",
         action="store_true",
-        help="replace OUTPUT if it exists (a folder: only of DICOM files); with --output-dir, redo the "
-        "studies whose output exists instead of skipping them",
+        help="replace OUTPUT if it exists (a folder: only one holding a synthetic series VolumetricSR "
+        "wrote); with --output-dir, redo the studies whose output exists instead of skipping them",
     )
     predict.add_argument(
         "--no-compress",
@@ -387,7 +391,12 @@ def _write_thin(
     """Write the thin CT labelled synthetic (model id, weights sha256, input, resampling) with its
     consistency check; a DICOM series goes into the input's study when the input was DICOM, else into a
     new anonymous one (and a warning says so)."""
-    synthetic = {"model": card.id, "model_sha256": card.sha256, "source": Path(source).name}
+    synthetic = {
+        "model": card.id,
+        "architecture": label_of(card.config),
+        "model_sha256": card.sha256,
+        "source": Path(source).name,
+    }
     if study.resampling is not None:
         synthetic["slice_resampling"] = study.resampling
     if volume.dicom is not None:
@@ -425,7 +434,13 @@ def _predict_many(args: argparse.Namespace) -> int:
     mine = rank_share(studies, ranks)
     use_physical_cores()
     engine = _load_engine(args, ranks)
-    outcomes = [_one_study(args, engine, study, f"{n}/{len(mine)}", ranks) for n, study in enumerate(mine, 1)]
+    outcomes: list[Outcome] = []
+    for n, study in enumerate(mine, 1):
+        try:
+            outcomes.append(_one_study(args, engine, study, f"{n}/{len(mine)}", ranks))
+        except _StudyInterrupted as interrupt:
+            message = _interrupted_message(outcomes, interrupt, output_dir)
+            return _fail(message, INTERRUPTED, args.progress == "json")
     everyone = gather_outcomes(outcomes, ranks)
     if everyone is None:  # rank 0 reports every study
         return 0
@@ -451,8 +466,30 @@ def _output_folder(folder: Path) -> Path:
     return folder
 
 
+class _StudyInterrupted(Exception):
+    """Ctrl-C (or a cancel) during one study of many: which one, and whether its output was written."""
+
+    def __init__(self, study: str, place: str, written: bool) -> None:
+        super().__init__(f"interrupted during study {place} ({study})")
+        self.study, self.place, self.written = study, place, written
+
+
+def _interrupted_message(done: list[Outcome], interrupt: _StudyInterrupted, output_dir: Path) -> str:
+    """What an interrupt of many studies leaves: the studies written before it, and the one it hit."""
+    written = sum(outcome.status == "done" for outcome in done) + interrupt.written
+    if interrupt.written:
+        current = f"interrupted after study {interrupt.place} ({interrupt.study}) was written"
+    else:
+        current = f"interrupted during study {interrupt.place} ({interrupt.study}), which was not written"
+    if not written:
+        return f"{current}; nothing was written"
+    studies = "1 study was" if written == 1 else f"{written} studies were"
+    return f"{current}; {studies} written to {output_dir} in this run"
+
+
 def _one_study(args: argparse.Namespace, engine: _Engine, study: Study, place: str, ranks: Ranks) -> Outcome:
-    """Run one study of many; any failure but an interrupt becomes a "failed" outcome."""
+    """Run one study of many; any failure but an interrupt becomes a "failed" outcome (an interrupt
+    becomes _StudyInterrupted, which says whether the study's output was written)."""
     name = str(study.input)
     as_json = args.progress == "json"
     if not as_json:
@@ -463,15 +500,17 @@ def _one_study(args: argparse.Namespace, engine: _Engine, study: Study, place: s
         outcome = Outcome(name, "skipped", 0.0, f"{study.output} exists (--overwrite redoes it)")
     else:
         target = f"{study.output}/" if args.format == "dicom" else str(study.output)
+        written = False
         try:
             check_output_path(study.input, target, args.overwrite, args.format)
-            volume = read_volume(study.input)
+            volume = read_volume(study.input, args.series)
             result, seconds = _super_resolve(args, engine, volume, study.input, target)
+            written = True
             if not as_json:
                 _report(args, engine, result, seconds, study.output, volume)
             outcome = Outcome(name, "done", time.perf_counter() - start, str(study.output))
-        except (KeyboardInterrupt, PredictionCancelled):
-            raise
+        except (KeyboardInterrupt, PredictionCancelled) as interrupt:
+            raise _StudyInterrupted(name, place, written) from interrupt
         except Exception as error:  # one study's failure, whatever it is, must not stop the others
             message = _failure_message(error)
             print(f"error: {name}: {message}", file=sys.stderr, flush=True)

@@ -57,9 +57,11 @@ class Consistency:
     worst_abs_hu: float
     slab: str
     enforced_from_hu: float | None = None
+    model_grid_mm: float | None = None
 
     def summary(self) -> dict:
-        """JSON-ready card of the check ("enforced" and "mean_abs_hu_before_enforcing" only when enforced)."""
+        """JSON-ready card of the check ("enforced" and "mean_abs_hu_before_enforcing" only when enforced,
+        "model_grid_mm" only when the output was resampled after the check)."""
         card = {
             "mean_abs_hu": round(self.mean_abs_hu, 3),
             "worst_slab": self.worst_slab,
@@ -69,13 +71,19 @@ class Consistency:
         }
         if self.enforced_from_hu is not None:
             card.update(enforced=True, mean_abs_hu_before_enforcing=round(self.enforced_from_hu, 3))
+        if self.model_grid_mm is not None:
+            card.update(model_grid_mm=round(self.model_grid_mm, 6))
         return card
 
     def line(self) -> str:
         """One line for a status bar or a header field."""
+        grid = ""
+        if self.model_grid_mm is not None:
+            grid = f" on the model's {self.model_grid_mm:.4g} mm grid (before resampling)"
         text = (
-            f"consistency with the measured slices: mean |re-thickened - measured| {self.mean_abs_hu:.1f} HU "
-            f"over {len(self.per_slab_hu)} slabs, worst slab {self.worst_slab} ({self.worst_abs_hu:.1f} HU)"
+            f"consistency with the measured slices{grid}: mean |re-thickened - measured| "
+            f"{self.mean_abs_hu:.1f} HU over {len(self.per_slab_hu)} slabs, worst slab {self.worst_slab} "
+            f"({self.worst_abs_hu:.1f} HU)"
         )
         if self.enforced_from_hu is not None:
             text += f"; enforced (corrected from {self.enforced_from_hu:.1f} HU)"
@@ -84,6 +92,11 @@ class Consistency:
     def after_enforcing(self, before: Consistency) -> Consistency:
         """This check, marked as made on a prediction corrected from one that scored `before`."""
         return replace(self, enforced_from_hu=before.mean_abs_hu)
+
+    def on_model_grid(self, spacing_mm: float) -> Consistency:
+        """This check, marked as made on the model's own grid (`spacing_mm` apart) of an output that was
+        then resampled to another spacing: the written slices are not the ones checked."""
+        return replace(self, model_grid_mm=float(spacing_mm))
 
 
 def slab_of(training: dict) -> str:

@@ -5,9 +5,10 @@ SimpleITK/GDCM (every transfer syntax GDCM decodes, rescale slope and intercept 
 Geometry comes from ImagePositionPatient / ImageOrientationPatient / PixelSpacing alone; a series
 with uneven spacing, missing slices, gantry tilt or mixed orientations is refused with one message.
 
-Out: a new derived CT series (ImageType DERIVED\\SECONDARY, SeriesDescription starting with
-SYNTHETIC) in the study of the DICOM input, or under a new anonymous patient and study, written with
-pydicom to a hidden sibling folder and renamed into place.
+Out: a new derived CT series (ImageType DERIVED\\SECONDARY, Manufacturer VolumetricSR,
+SeriesDescription starting with SYNTHETIC) in the study of the DICOM input, or under a new anonymous
+patient and study, written with pydicom to a hidden sibling folder and renamed into place. An existing
+folder is replaced only when it holds nothing but such a series (never a scanner's series).
 """
 
 from __future__ import annotations
@@ -26,20 +27,27 @@ import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.misc import is_dicom
 from pydicom.uid import (
+    JPEG2000,
+    JPEG2000MC,
     PYDICOM_IMPLEMENTATION_UID,
     CTImageStorage,
     ExplicitVRLittleEndian,
+    JPEGBaseline8Bit,
+    JPEGExtended12Bit,
+    JPEGLSNearLossless,
     MediaStorageDirectoryStorage,
+    MPEGTransferSyntaxes,
     generate_uid,
 )
 from pydicom.valuerep import DSfloat
 
-from .volume_io import Volume, VolumeFileError, synthetic_series_description
+from .volume_io import LPS_TO_RAS, Volume, VolumeFileError, synthetic_series_description
 
 POSITION_TOLERANCE_MM = 0.01  # as Slicer's DICOM scalar volume loader
 ORIENTATION_TOLERANCE = 1e-4
+AXIAL_TOLERANCE_DEGREES = 5.0  # ImageType AXIAL: the slice normal at most this far from the patient z axis
 SERIES_NUMBER_OFFSET = 1000  # derived series number = source series number + this
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+MANUFACTURER = "VolumetricSR"  # with ImageType DERIVED: the mark of a series this module wrote
 _GEOMETRY = ("ImagePositionPatient", "ImageOrientationPatient", "PixelSpacing")
 # Copied from the input series: who and which study (patient, study, frame of reference modules)
 # and what the derived images still describe of the acquisition.
@@ -67,9 +75,18 @@ _COPIED = (
     "PatientPosition",
     "BodyPartExamined",
     "KVP",
+    "AcquisitionNumber",
     "WindowCenter",
     "WindowWidth",
+    "LossyImageCompressionRatio",
+    "LossyImageCompressionMethod",
 )
+# Transfer syntaxes whose pixel data went through lossy compression (DICOM PS3.5, section 8.2)
+_LOSSY_SYNTAXES = frozenset(
+    (JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLSNearLossless, JPEG2000, JPEG2000MC, *MPEGTransferSyntaxes)
+)
+# Type 2 attributes of the CT Image module that must be present, empty when the input gives no value.
+_TYPE_2 = ("KVP", "AcquisitionNumber")
 ANONYMOUS_PATIENT = "Anonymous"
 
 
@@ -212,7 +229,7 @@ def series_geometry(series: DicomSeries) -> tuple[list[Dataset], np.ndarray]:
     lps[:3, :3] = np.column_stack([row * pixel_spacing[1], col * pixel_spacing[0], step])
     lps[:3, 3] = positions[0]
     affine = np.eye(4)
-    affine[:3] = _LPS_TO_RAS @ lps[:3]
+    affine[:3] = LPS_TO_RAS @ lps[:3]
     return [slices[i] for i in order], affine
 
 
@@ -347,8 +364,8 @@ def _read_voxels(ordered: list[Dataset], uid: str) -> np.ndarray:
 
 
 def check_output_folder(input_path: str | Path | None, output: str | Path, overwrite: bool = False) -> Path:
-    """A folder a DICOM series may be written to: new or empty, or (with overwrite) holding only DICOM
-    files; never the input folder or inside it."""
+    """A folder a DICOM series may be written to: new or empty, or (with overwrite) holding only files of
+    a synthetic series this module wrote (is_our_output); never the input folder or inside it."""
     output = Path(output)
     if output.exists() and not output.is_dir():
         raise VolumeFileError(
@@ -370,13 +387,30 @@ def check_output_folder(input_path: str | Path | None, output: str | Path, overw
                 f"{output} already exists and is not empty; choose a new or empty folder, or ask to replace "
                 "it (--overwrite)"
             )
-        foreign = [p for p in sorted(output.iterdir()) if not (p.is_file() and is_dicom(p))]
-        if foreign:
+        foreign = next((p for p in sorted(output.iterdir()) if not is_our_output(p)), None)
+        if foreign is not None:
+            what = "a DICOM file" if foreign.is_file() and is_dicom(foreign) else "a file"
             raise VolumeFileError(
-                f"{output} holds {foreign[0].name}, which is not a DICOM file; --overwrite replaces only a "
-                "folder of DICOM files: choose a new folder"
+                f"{output} holds {foreign.name}, {what} that VolumetricSR did not write; --overwrite "
+                "replaces only a folder holding nothing but a synthetic series VolumetricSR wrote (never a "
+                "scanner's series or other files): choose another output folder"
             )
     return output
+
+
+def is_our_output(path: Path) -> bool:
+    """Whether `path` is a file of a synthetic series this module wrote: DICOM with Manufacturer
+    VolumetricSR and ImageType DERIVED (what write_dicom_series sets)."""
+    if not path.is_file() or path.is_symlink() or not is_dicom(path):
+        return False
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["Manufacturer", "ImageType"])
+    except Exception:  # pydicom raises many types for damaged files: not ours
+        return False
+    image_type = header.get("ImageType") or []
+    values = [image_type] if isinstance(image_type, str) else list(image_type)
+    derived = bool(values) and str(values[0]).strip().upper() == "DERIVED"
+    return derived and str(header.get("Manufacturer", "")).strip() == MANUFACTURER
 
 
 def write_dicom_series(
@@ -392,9 +426,10 @@ def write_dicom_series(
 
     Patient, study and frame of reference come from `source` (the DICOM input), else they are new and
     anonymous. `comments` (e.g. the consistency check's line) goes into ImageComments. The folder
-    appears complete or not at all (written beside it, then renamed).
+    appears complete or not at all (written beside it, then renamed). An existing folder must be empty,
+    or with `overwrite` hold only a series this module wrote (check_output_folder).
     """
-    folder = Path(folder)
+    folder = check_output_folder(None, folder, overwrite)
     if array.dtype != np.int16:
         raise VolumeFileError(
             f"a DICOM series stores int16 HU voxels, got {array.dtype}; round them to int16"
@@ -402,6 +437,7 @@ def write_dicom_series(
     row, col, pixel_spacing, positions = _image_plane(affine, array.shape[0])
     normal = np.cross(row, col)
     dataset = _series_dataset(synthetic, source)
+    dataset.ImageType = ["DERIVED", "SECONDARY", "AXIAL" if _is_axial(normal) else "OTHER"]
     if comments:
         dataset.ImageComments = comments[:10240]  # LT: at most 10240 characters
     dataset.ImageOrientationPatient = _ds([*row, *col])
@@ -426,7 +462,7 @@ def write_dicom_series(
 
 def _image_plane(affine: np.ndarray, slices: int) -> tuple[np.ndarray, np.ndarray, list[float], np.ndarray]:
     """Row and column directions (LPS), PixelSpacing (row, column) and each slice's position (LPS)."""
-    lps = _LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)[:3]
+    lps = LPS_TO_RAS @ np.asarray(affine, dtype=np.float64)[:3]
     spacing = np.linalg.norm(lps[:, :3], axis=0)
     if np.any(spacing[:2] <= 0):
         raise VolumeFileError("the volume's in-plane spacing is zero; DICOM cannot store it")
@@ -437,6 +473,25 @@ def _image_plane(affine: np.ndarray, slices: int) -> tuple[np.ndarray, np.ndarra
         )
     positions = lps[:, 3] + np.outer(np.arange(slices), lps[:, 2])
     return row, col, [float(spacing[1]), float(spacing[0])], positions
+
+
+def _is_axial(normal_lps: np.ndarray) -> bool:
+    """Whether a slice normal is within AXIAL_TOLERANCE_DEGREES of the patient's z (head-feet) axis."""
+    cosine = abs(float(normal_lps[2])) / float(np.linalg.norm(normal_lps))
+    return cosine >= np.cos(np.deg2rad(AXIAL_TOLERANCE_DEGREES))
+
+
+def _lossy_compression(source: DicomSource | None) -> str:
+    """LossyImageCompression of a derived series: "01" once the input was lossy-compressed (its own
+    value, or a lossy transfer syntax), else "00"."""
+    if source is None:
+        return "00"
+    value = str(source.header.get("LossyImageCompression", "") or "")
+    if value:
+        return value
+    meta = getattr(source.header, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    return "01" if syntax is not None and syntax in _LOSSY_SYNTAXES else "00"
 
 
 def _series_dataset(synthetic: Mapping[str, str], source: DicomSource | None) -> Dataset:
@@ -464,18 +519,20 @@ def _series_dataset(synthetic: Mapping[str, str], source: DicomSource | None) ->
     for keyword in ("StudyInstanceUID", "FrameOfReferenceUID"):
         if not dataset.get(keyword):
             setattr(dataset, keyword, generate_uid())
+    for keyword in _TYPE_2:
+        if keyword not in dataset:
+            setattr(dataset, keyword, None)
     dataset.SOPClassUID = CTImageStorage
     dataset.Modality = "CT"
     dataset.SeriesInstanceUID = generate_uid()
     dataset.SeriesDescription = synthetic_series_description(synthetic.get("model", ""))
-    dataset.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
     dataset.DerivationDescription = _derivation(synthetic, source)
     dataset.SeriesDate = dataset.ContentDate = dataset.InstanceCreationDate = date
     dataset.SeriesTime = dataset.ContentTime = dataset.InstanceCreationTime = time
-    dataset.Manufacturer = "VolumetricSR"
+    dataset.Manufacturer = MANUFACTURER
     dataset.ManufacturerModelName = str(synthetic.get("model", ""))[:64]
     dataset.BurnedInAnnotation = "NO"
-    dataset.LossyImageCompression = "00"
+    dataset.LossyImageCompression = _lossy_compression(source)
     dataset.SamplesPerPixel = 1
     dataset.PhotometricInterpretation = "MONOCHROME2"
     dataset.BitsAllocated = dataset.BitsStored = 16
@@ -486,10 +543,13 @@ def _series_dataset(synthetic: Mapping[str, str], source: DicomSource | None) ->
 
 
 def _derivation(synthetic: Mapping[str, str], source: DicomSource | None) -> str:
-    """DerivationDescription: model id, weights sha256 and the input series (1024 characters at most)."""
+    """DerivationDescription: the architecture (model card label), model id, weights sha256 and the input
+    series (1024 characters at most)."""
     origin = f"series {source.series_uid}" if source is not None else f"file {synthetic.get('source', '?')}"
+    architecture = synthetic.get("architecture")
+    by = f"VolumetricSR ({architecture})" if architecture else "VolumetricSR"
     return (
-        f"SYNTHETIC: thin slices super-resolved by VolumetricSR (TVSRN) model {synthetic.get('model', '?')}, "
+        f"SYNTHETIC: thin slices super-resolved by {by} model {synthetic.get('model', '?')}, "
         f"weights sha256 {synthetic.get('model_sha256', '?')}, from {origin}; not acquired by a scanner"
     )[:1024]
 
@@ -501,8 +561,10 @@ def _ds(values) -> list[DSfloat]:
 
 @contextmanager
 def _atomic_folder(target: Path) -> Iterator[Path]:
-    """A hidden sibling folder to write into; it replaces `target` (empty, or checked to hold only DICOM
-    files) when the block ends normally and is removed when it raises."""
+    """A hidden sibling folder to write into; it replaces `target` (empty, or checked to hold only a series
+    this module wrote) when the block ends normally and is removed when it raises. `target` is resolved
+    first: '.' or '..' have no name to put a sibling beside."""
+    target = Path(target).resolve()
     token = secrets.token_hex(4)
     temporary = target.with_name(f".{target.name}.{token}.partial")
     temporary.mkdir()

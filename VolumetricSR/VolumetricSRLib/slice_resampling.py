@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .geometry import SPACING_TOLERANCE
 from .interpolation import spline_weights
 
 SAME_SPACING = 1e-3
@@ -28,9 +29,14 @@ def resampling_positions(native_mm: float, spacing_mm: float, slices: int) -> np
 
 def resample_slices(volume: np.ndarray, positions: np.ndarray) -> np.ndarray:
     """Cubic B-spline values of a (N, J, I) volume at `positions` along axis 0: (len(positions), J, I)
-    float32. Positions must lie within 0 ... N - 1."""
+    float32. Positions must lie within 0 ... N - 1 up to a relative slack (twice the one
+    geometry.spaced_grid allows when it counts the output slices); they are clipped to it."""
     volume = np.asarray(volume)
-    if positions.size and (positions.min() < 0 or positions.max() > volume.shape[0] - 1 + 1e-6):
-        raise ValueError(f"resampling positions must lie within 0 ... {volume.shape[0] - 1}")
+    positions = np.asarray(positions, dtype=np.float64)
+    last = volume.shape[0] - 1
+    slack = 2 * SPACING_TOLERANCE * max(last, 1)
+    if positions.size and (positions.min() < -slack or positions.max() > last + slack):
+        raise ValueError(f"resampling positions must lie within 0 ... {last}")
+    positions = np.clip(positions, 0, last)
     weights = spline_weights(volume.shape[0], positions, order=3).astype(np.float32)
     return np.tensordot(weights, volume.astype(np.float32, copy=False), axes=(1, 0))

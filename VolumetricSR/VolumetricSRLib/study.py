@@ -3,9 +3,12 @@
 1. The slice axis is found from the affine (geometry.thick_axis) and moved to array axis 0.
 2. The network predicts the thin grid (input spacing / r, with GPU out-of-memory fallbacks).
 3. The prediction is checked against the measured slices (consistency.check_consistency, the card's
-   slab profile and window) and, if asked, corrected to agree with them (enforce_consistency).
+   slab profile and window) and, if asked, corrected to agree with them (enforce_consistency). With
+   fewer than 3 thick slices there is no full slab: no check (a warning says so), and enforcing is
+   refused.
 4. If the output spacing differs from the model's own, the thin volume is resampled along the slice
-   axis with a cubic B-spline (slice_resampling) onto geometry.spaced_grid.
+   axis with a cubic B-spline (slice_resampling) onto geometry.spaced_grid; the check then says it
+   was made on the model's grid, and enforcing (which resampling would undo) is refused.
 5. The slice axis goes back where it was: the output is laid out like the input.
 """
 
@@ -25,6 +28,9 @@ from .intensity import to_int16_hu
 from .model_cards import ModelCard
 from .predictor import InputError, PredictOptions
 from .slice_resampling import SAME_SPACING, is_native_spacing, resample_slices, resampling_positions
+
+MIN_CHECKED_SLICES = 3
+"""Thick slices the consistency check needs: the first and last have only half a slab on the thin grid."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,9 @@ def super_resolve_study(
     thick_hu, thick_affine = slice_axis_first(np.asarray(hu), affine, axis)
     input_mm = float(voxel_spacing(thick_affine)[2])
     target = output_spacing(input_mm, card, options.spacing_mm)
+    native_mm = input_mm / card.ratio
+    if options.enforce_consistency:
+        _check_enforceable(thick_hu.shape[0], input_mm, card.ratio, target, options.spacing_mm)
     thin, thin_affine, used, fallbacks = super_resolve_with_fallback(
         model,
         thick_hu,
@@ -85,12 +94,13 @@ def super_resolve_study(
     thin_hu, consistency = _checked(thin_hu, thick_hu, card, options.enforce_consistency)
     resampling = None
     if target is not None:
-        native_mm = input_mm / card.ratio
         grid = spaced_grid(thick_affine, thick_hu.shape[0], target)
         positions = resampling_positions(native_mm, target, grid.slices)
         thin_hu = to_int16_hu(np.clip(resample_slices(thin_hu, positions), *card.window))
         thin_affine = grid.affine
         resampling = f"cubic B-spline from {native_mm:.4g} mm to {target:.4g} mm"
+        if consistency is not None:
+            consistency = consistency.on_model_grid(native_mm)
     out, out_affine = slice_axis_first(thin_hu, thin_affine, axis)
     return ThinStudy(np.ascontiguousarray(out), out_affine, consistency, used, fallbacks, axis, resampling)
 
@@ -128,11 +138,42 @@ def output_spacing(input_mm: float, card: ModelCard, requested_mm: float | None)
     return target
 
 
+def _check_enforceable(
+    thick_slices: int, input_mm: float, ratio: int, target_mm: float | None, requested_mm: float | None
+) -> None:
+    """Refuse --enforce-consistency where it cannot hold in the output: no full slab to correct, or an
+    output resampled off the model's grid (which would undo the correction)."""
+    if thick_slices < MIN_CHECKED_SLICES:
+        raise InputError(
+            f"--enforce-consistency needs at least {MIN_CHECKED_SLICES} thick slices (a full slab of thin "
+            f"slices between the first and the last); the input has {thick_slices}: leave it out"
+        )
+    if target_mm is not None:
+        native_mm = input_mm / ratio
+        fix = f"add --spacing {native_mm:.4g}"
+        if requested_mm is not None:
+            fix = f"use --spacing {native_mm:.4g} instead of {requested_mm:g}"
+        raise InputError(
+            f"--enforce-consistency corrects the model's own {native_mm:.4g} mm slices (input "
+            f"{input_mm:.4g} mm / {ratio}), but the output would be resampled to {target_mm:.4g} mm, "
+            f"which undoes the correction; {fix} to keep the model's slices, or leave out "
+            "--enforce-consistency"
+        )
+
+
 def _checked(
     thin_hu: np.ndarray, thick_hu: np.ndarray, card: ModelCard, enforce: bool
 ) -> tuple[np.ndarray, Consistency | None]:
-    """The consistency check of the prediction (None for an even ratio), after enforcing it if asked."""
+    """The consistency check of the prediction (None for an even ratio, or without a full slab: a
+    warning says so), after enforcing it if asked."""
     if card.ratio % 2 == 0:
+        return thin_hu, None
+    if thick_hu.shape[0] < MIN_CHECKED_SLICES:
+        warnings.warn(
+            f"no consistency check: {thick_hu.shape[0]} thick slices leave no full slab of thin slices "
+            f"between the first and the last (at least {MIN_CHECKED_SLICES} are needed)",
+            stacklevel=3,
+        )
         return thin_hu, None
     slab = slab_of(card.training)
     check = check_consistency(thin_hu, thick_hu, card.ratio, card.window, slab)

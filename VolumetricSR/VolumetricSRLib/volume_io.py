@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 SUPPORTED = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE = (".nii", ".nii.gz", ".nrrd")
 FORMATS = ("auto", "dicom")
-_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # LPS <-> RAS (its own inverse); dicom_io uses it too
 # numpy types SimpleITK stores as scalar voxels
 _ITK_DTYPES = frozenset(
     np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)
@@ -203,8 +203,8 @@ def _read_itk(path: Path, kind: str) -> tuple[np.ndarray, np.ndarray]:
         affine[:3, :3] = 0.0  # no geometry: reported as missing spacing by the geometry checks
         return array, affine
     directions = np.array(image.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine[:3, :3] = _LPS_TO_RAS @ directions @ np.diag(image.GetSpacing())
-    affine[:3, 3] = _LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=np.float64)
+    affine[:3, :3] = LPS_TO_RAS @ directions @ np.diag(image.GetSpacing())
+    affine[:3, 3] = LPS_TO_RAS @ np.array(image.GetOrigin(), dtype=np.float64)
     return array, affine
 
 
@@ -366,14 +366,14 @@ def _write_nrrd(
         raise VolumeFileError(
             f"cannot store {array.dtype} voxels in {name}; convert them to int16 or float32"
         )
-    linear = _LPS_TO_RAS @ affine[:3, :3]
+    linear = LPS_TO_RAS @ affine[:3, :3]
     spacing = np.linalg.norm(linear, axis=0)
     if np.any(spacing <= 0):
         raise VolumeFileError(f"cannot write {name}: an axis of the voxel-to-world matrix has zero length")
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=dtype))
     image.SetSpacing([float(s) for s in spacing])
     image.SetDirection([float(v) for v in (linear / spacing).ravel()])
-    image.SetOrigin([float(v) for v in _LPS_TO_RAS @ affine[:3, 3]])
+    image.SetOrigin([float(v) for v in LPS_TO_RAS @ affine[:3, 3]])
     for key, value in (labels or {}).items():
         image.SetMetaData(key, value)
     writer = sitk.ImageFileWriter()
