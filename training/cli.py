@@ -106,9 +106,9 @@ def _check_data(args: argparse.Namespace) -> int:
 
 def _make_pairs(args: argparse.Namespace) -> int:
     from VolumetricSRLib.intensity import to_int16_hu
-    from VolumetricSRLib.volume_io import read_volume, write_volume
+    from VolumetricSRLib.volume_io import read_volume, volume_stem, write_volume
 
-    from .evaluate import thin_volume_paths, volume_name
+    from .evaluate import thin_volume_paths
     from .pseudo_pairs import make_pseudo_pair
     from .rplhr import THICK_FOLDER, THIN_FOLDER
 
@@ -120,7 +120,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
         volume = read_volume(path)
         pair = make_pseudo_pair(volume.array.astype(np.float32), volume.affine, args.ratio, args.slab)
         thick = pair.thick + rng.normal(0.0, args.noise_hu, pair.thick.shape) if args.noise_hu else pair.thick
-        case = volume_name(path)
+        case = volume_stem(path)
         thin_out = write_volume(
             folders[THIN_FOLDER] / f"{case}.nii.gz",
             volume.array,

@@ -26,9 +26,9 @@ from VolumetricSRLib.atomic import atomic_path, write_text_atomically
 from VolumetricSRLib.geometry import validate_affine, voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
 from VolumetricSRLib.metrics import psnr, ssim_2d
-from VolumetricSRLib.volume_io import read_volume
+from VolumetricSRLib.volume_io import read_volume, volume_stem
 
-from .evaluate import thin_volume_paths, volume_name
+from .evaluate import thin_volume_paths
 from .pseudo_pairs import make_pseudo_pair
 from .rplhr import POSITION_TOLERANCE, SPLITS, DatasetError, PairMismatch, check_dataset
 
@@ -234,7 +234,7 @@ def pseudo_cases(volumes: dict[str, list[Path]], ratio: int, slab: str = "box") 
     for split, paths in volumes.items():
         for path in paths:
             volume = read_volume(path)
-            yield pseudo_case(split, volume_name(path), volume.array, volume.affine, ratio, slab)
+            yield pseudo_case(split, volume_stem(path), volume.array, volume.affine, ratio, slab)
 
 
 def real_cases(root: str | Path, splits: Iterable[str]) -> Iterator[AnalysisCase]:

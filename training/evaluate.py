@@ -31,7 +31,7 @@ from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from VolumetricSRLib.interpolation import interpolate_slices
 from VolumetricSRLib.metrics import PROTOCOL_TRIM, score_volume
 from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
-from VolumetricSRLib.volume_io import SUPPORTED, read_volume
+from VolumetricSRLib.volume_io import SUPPORTED, read_volume, volume_stem
 from VolumetricSRLib.weights import load_model
 
 from .checkpoints import network_from_checkpoint, state_digest
@@ -120,7 +120,7 @@ def pseudo_cases(
             noise = np.random.default_rng([seed, n]).normal(0.0, noise_hu, thick.shape)
             thick = (thick + noise).astype(np.float32)
         yield EvalCase(
-            volume_name(Path(path)),
+            volume_stem(path),
             thick,
             pair.thick_affine,
             pair.truth,
@@ -148,17 +148,6 @@ def real_cases(root: str | Path, split: str, ratio: int, min_slices: int) -> Ite
             pair.ratio,
             f"real pair {split}/{pair.case}",
         )
-
-
-def volume_name(path: Path) -> str:
-    """File name without its volume suffix (.nii.gz, .nii, .nrrd, ...); a DICOM folder's name."""
-    name = path.name
-    if path.is_dir():
-        return name
-    for suffix in SUPPORTED:
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem
 
 
 # models ----------------------------------------------------------------------------------------

@@ -19,11 +19,10 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .volume_io import SUPPORTED
+from .volume_io import volume_stem
 
 OUTPUT_SUFFIX = "_thin"
 # the volume file extensions read_volume reads, longest first: ".nii.gz" before ".nii" or ".gz"
-_EXTENSIONS = tuple(sorted(SUPPORTED, key=len, reverse=True))
 STATUSES = ("done", "skipped", "failed")
 POLL_SECONDS = 0.5
 
@@ -87,7 +86,7 @@ def output_names(paths: Sequence[Path]) -> list[str]:
     one of the same stem shares its folder; numbered (_2, _3, ...) if still not unique."""
     names = []
     for path in paths:
-        same_stem = [other for other in paths if other != path and _stem(other) == _stem(path)]
+        same_stem = [other for other in paths if other != path and volume_stem(other) == volume_stem(path)]
         others = {other.parent.parts for other in same_stem if other.parent != path.parent}
         depth = 0
         while any(_tail(parts, depth) == _tail(path.parent.parts, depth) for parts in others):
@@ -109,19 +108,11 @@ def _tail(parts: tuple[str, ...], depth: int) -> tuple[str, ...]:
 def _name(path: Path, parents: int) -> str:
     """The path's stem with `parents` parent folder names in front, joined by '_'."""
     folders = _tail(path.parent.parts, parents)
-    return "_".join(part.strip("/\\") for part in (*folders, _stem(path)) if part.strip("/\\"))
-
-
-def _stem(path: Path) -> str:
-    lower = path.name.lower()
-    for extension in _EXTENSIONS:
-        if lower.endswith(extension) and len(lower) > len(extension):
-            return path.name[: -len(extension)]
-    return path.name
+    return "_".join(part.strip("/\\") for part in (*folders, volume_stem(path)) if part.strip("/\\"))
 
 
 def _extension(path: Path) -> str:
-    return path.name[len(_stem(path)) :].lstrip(".").replace(".", "_") or "folder"
+    return path.name[len(volume_stem(path)) :].lstrip(".").replace(".", "_") or "folder"
 
 
 def rank_share(studies: Sequence[Study], ranks: Ranks) -> list[Study]:

@@ -58,6 +58,16 @@ class Volume:
         return voxel_spacing(self.affine)
 
 
+def volume_stem(path: str | Path) -> str:
+    """A volume's name: the file name without its volume suffix (.nii.gz, .nrrd, ...), or the name of
+    a DICOM folder (a name that is only a suffix stays whole)."""
+    name = Path(path).name
+    for suffix in sorted(SUPPORTED, key=len, reverse=True):
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
 def file_kind(path: str | Path) -> str:
     """'nifti', 'nrrd' or 'metaimage' by extension; refuses anything else."""
     name = Path(path).name.lower()
