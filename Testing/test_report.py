@@ -113,6 +113,8 @@ def test_report_trains_scores_writes_and_resumes_without_redoing(tmp_path, volum
     assert Image.open(out / "tradeoff.png").size[0] > 400
     provenance = json.loads((out / "report.json").read_text())["provenance"]
     assert provenance["case_names"] == ["chest1", "chest2"] and provenance["left_out"] == []
+    assert provenance["device"].startswith(f"cpu ({torch.get_num_threads()} threads); CPU ")
+    assert provenance["device"].endswith(f"; torch {torch.__version__}")
 
     before = (out / "methods.csv").read_text()
     assert main(argv) == 0  # a rerun trains nothing and scores nothing again

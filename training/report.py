@@ -16,6 +16,7 @@ import csv
 import hashlib
 import io
 import json
+import platform
 import re
 import subprocess
 import time
@@ -26,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from VolumetricSRLib.atomic import write_bytes_atomically, write_text_atomically
-from VolumetricSRLib.device import resolve_device
+from VolumetricSRLib.device import describe_device, resolve_device
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
 from VolumetricSRLib.interpolation import METHODS as INTERPOLATIONS
 from VolumetricSRLib.metrics import score_volume
@@ -329,6 +330,19 @@ def budget_text(specs: list[MethodSpec]) -> str:
     return "; ".join(sorted(budgets)) + (" (the same for every trained method)" if len(budgets) == 1 else "")
 
 
+def hardware_text(device: str) -> str:
+    """The device the timings come from, for people: its description, the CPU model and torch."""
+    import torch
+
+    cpu = platform.processor() or "unknown CPU"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+                 if line.startswith("model name")]  # fmt: skip
+        cpu = names[0] if names else cpu
+    return f"{describe_device(torch.device(device))}; CPU {cpu}; torch {torch.__version__}"
+
+
 def git_commit() -> str:
     """The checkout's commit (with '+changes' when the tree differs), or 'unknown' outside git."""
     here = Path(__file__).resolve().parent
@@ -389,7 +403,7 @@ def run_report(
         "data": data,
         "cases": len(cases),
         "case_names": [case.name for case in cases],
-        "device": options.device,
+        "device": hardware_text(options.device),
         "budget": budget_text([r.spec for r in results]),
         "command": command,
         "commit": git_commit(),
