@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,14 @@ from PIL import Image
 from conftest import tiny_tvsrn
 from volumetricsr_training.cli import main
 from volumetricsr_training.evaluate import one_sided_wilcoxon, pseudo_cases
-from volumetricsr_training.report import MethodSpec, Scored, parse_method, parse_methods, summary_rows
+from volumetricsr_training.report import (
+    MethodSpec,
+    Scored,
+    git_commit,
+    parse_method,
+    parse_methods,
+    summary_rows,
+)
 from VolumetricSRLib.baseline_config import BASELINES
 from VolumetricSRLib.phantom import chest_phantom
 from VolumetricSRLib.volume_io import write_volume
@@ -198,3 +206,27 @@ def test_a_missing_gpu_is_a_message_not_a_traceback(tmp_path, volumes, zero_head
             "--device", "cuda"]  # fmt: skip
     assert main(argv) == 2
     assert "report: error:" in capsys.readouterr().err
+
+
+def test_commit_marks_changed_code_not_outputs(tmp_path: Path) -> None:
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path,
+                              capture_output=True, text=True, check=True)  # fmt: skip
+        return done.stdout.strip()
+
+    assert git_commit(tmp_path) == "unknown"
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / "run.toml").write_text("steps = 2\n")
+    git("add", ".")
+    git("commit", "-qm", "first")
+    commit = git("rev-parse", "--short", "HEAD")
+    assert git_commit(tmp_path) == commit
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "report.md").write_text("a report written by the run\n")
+    assert git_commit(tmp_path / "docs") == commit  # outputs are not changes
+    (tmp_path / "run.toml").write_text("steps = 3\n")
+    assert git_commit(tmp_path) == commit + "+changes"
+    git("checkout", "run.toml")
+    (tmp_path / "docs" / "new.py").write_text("y = 2\n")
+    assert git_commit(tmp_path / "docs") == commit + "+changes"  # untracked code counts

@@ -343,14 +343,20 @@ def hardware_text(device: str) -> str:
     return f"{describe_device(torch.device(device))}; CPU {cpu}; torch {torch.__version__}"
 
 
-def git_commit() -> str:
-    """The checkout's commit (with '+changes' when the tree differs), or 'unknown' outside git."""
-    here = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parent
+
+
+def git_commit(here: Path = HERE) -> str:
+    """The commit of the checkout holding `here` (with '+changes' when its code or configs differ
+    from it; reports and other outputs in the tree do not count), or 'unknown' outside git."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, capture_output=True,
                                 text=True, check=True).stdout.strip()  # fmt: skip
         dirty = subprocess.run(
-            ["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True
+            ["git", "status", "--porcelain", "--", ":/*.py", ":/*.toml"],
+            cwd=here,
+            capture_output=True,
+            text=True,
         ).stdout
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
