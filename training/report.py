@@ -253,11 +253,12 @@ def markdown_report(rows: list[dict], provenance: dict) -> str:
             f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['seconds_per_volume']:.2f} | {p} |"
         )
     smallest = 0.5**n
+    cases = f"{n} case{'' if n == 1 else 's'}"
     lines += [
         "",
-        f"- **Data**: {provenance['data']} ({n} case{'' if n == 1 else 's'}).",
+        f"- **Data**: {provenance['data']} ({cases}).",
         f"- **Protocol**: {PROTOCOL}.",
-        f"- **p-values**: one-sided Wilcoxon signed-rank over the {n} paired cases, 'the best method "
+        f"- **p-values**: one-sided Wilcoxon signed-rank over the {cases} (paired), 'the best method "
         f"scores higher'. With n = {n} the smallest possible p-value is {smallest:.3g}: "
         + (
             "small enough for a test at p < 0.001."
