@@ -117,6 +117,7 @@ def test_report_trains_scores_writes_and_resumes_without_redoing(tmp_path, volum
     assert len(cases) == 8 and {row["case"] for row in cases} == {"chest1", "chest2"}
     report = (out / "report.md").read_text()
     assert "(2 cases)" in report and "smallest possible p-value is 0.25" in report
+    assert "\n| linear | linear interpolation | - | " in report  # method name and network, one row each
     assert "6 steps of batch 2, crops 4x16x16" in report and "--methods linear cubic" in report
     assert Image.open(out / "tradeoff.png").size[0] > 400
     provenance = json.loads((out / "report.json").read_text())["provenance"]

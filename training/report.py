@@ -238,8 +238,8 @@ def markdown_report(rows: list[dict], provenance: dict) -> str:
     lines = [
         "# Method comparison",
         "",
-        "| method | parameters | PSNR (dB) | SSIM | s / volume | p (best > it), PSNR / SSIM |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| method | network | parameters | PSNR (dB) | SSIM | s / volume | p (best > it), PSNR / SSIM |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         params = "-" if row["parameters"] == 0 else f"{row['parameters'] / 1e6:.2f}M"
@@ -249,8 +249,9 @@ def markdown_report(rows: list[dict], provenance: dict) -> str:
             else f"{row['psnr_p_vs_best']:.3g} / {row['ssim_p_vs_best']:.3g}"
         )
         lines.append(
-            f"| {row['label']} | {params} | {row['psnr_mean']:.2f} ± {row['psnr_std']:.2f} | "
-            f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['seconds_per_volume']:.2f} | {p} |"
+            f"| {row['method']} | {row['label']} | {params} | "
+            f"{row['psnr_mean']:.2f} ± {row['psnr_std']:.2f} | {row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | "
+            f"{row['seconds_per_volume']:.2f} | {p} |"
         )
     smallest = 0.5**n
     cases = f"{n} case{'' if n == 1 else 's'}"
