@@ -250,8 +250,8 @@ def markdown_report(rows: list[dict], provenance: dict) -> str:
         )
         lines.append(
             f"| {row['method']} | {row['label']} | {params} | "
-            f"{row['psnr_mean']:.2f} ± {row['psnr_std']:.2f} | {row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | "
-            f"{row['seconds_per_volume']:.2f} | {p} |"
+            f"{row['psnr_mean']:.2f} ± {row['psnr_std']:.2f} | "
+            f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['seconds_per_volume']:.2f} | {p} |"
         )
     smallest = 0.5**n
     cases = f"{n} case{'' if n == 1 else 's'}"
