@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "VolumetricSR"))
 
 from VolumetricSRLib.allocator import peak_rss_bytes  # noqa: E402
-from VolumetricSRLib.device import describe_device, resolve_device, use_physical_cores  # noqa: E402
+from VolumetricSRLib.device import cpu_model, describe_device, resolve_device, use_physical_cores  # noqa: E402
 from VolumetricSRLib.network import TVSRN, reference_layers  # noqa: E402
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick  # noqa: E402
 from VolumetricSRLib.predictor import (  # noqa: E402
@@ -140,15 +140,12 @@ def machine() -> dict:
     """What the figures depend on."""
     flags: list[str] = []
     cpuinfo = Path("/proc/cpuinfo")
-    model_name = platform.processor()
     if cpuinfo.exists():
         for line in cpuinfo.read_text().splitlines():
             if line.startswith("flags"):
                 flags = [flag for flag in CPU_FLAGS if flag in line.split()]
-            if line.startswith("model name"):
-                model_name = line.split(":", 1)[1].strip()
     return {
-        "cpu": model_name,
+        "cpu": cpu_model(),
         "cpu_flags": flags,
         "logical_cpus": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),

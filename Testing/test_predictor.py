@@ -15,7 +15,13 @@ from torch import nn
 
 from conftest import tiny_tvsrn, training_ct
 from VolumetricSRLib import geometry, predictor
-from VolumetricSRLib.device import DeviceError, describe_device, physical_cpu_cores, resolve_device
+from VolumetricSRLib.device import (
+    DeviceError,
+    cpu_model,
+    describe_device,
+    physical_cpu_cores,
+    resolve_device,
+)
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
 from VolumetricSRLib.network import depth_interpolation_matrix
 from VolumetricSRLib.predictor import (
@@ -366,6 +372,24 @@ def test_cpu_is_resolved_and_described():
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(" CPU ") == torch.device("cpu")
     assert describe_device(torch.device("cpu")) == f"cpu ({torch.get_num_threads()} threads)"
+
+
+def test_cpu_model_is_the_first_model_name_of_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(
+        "processor\t: 0\nvendor_id\t: GenuineIntel\n"
+        "model name\t: Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz\n"
+        "flags\t\t: fpu avx512f\n\nprocessor\t: 1\nmodel name\t: Other CPU\n"
+    )
+    assert cpu_model(cpuinfo) == "Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz"
+
+
+def test_cpu_model_without_cpuinfo_falls_back_to_the_platform(tmp_path):
+    import platform
+
+    assert cpu_model(tmp_path / "absent") == (platform.processor() or "unknown CPU")
+    (tmp_path / "arm").write_text("processor\t: 0\nBogoMIPS\t: 50.00\n")
+    assert cpu_model(tmp_path / "arm") == (platform.processor() or "unknown CPU")
 
 
 @pytest.mark.parametrize("name", ["tpu", "", "cuda:x", "mps0"])

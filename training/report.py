@@ -16,7 +16,6 @@ import csv
 import hashlib
 import io
 import json
-import platform
 import re
 import subprocess
 import time
@@ -27,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from VolumetricSRLib.atomic import write_bytes_atomically, write_text_atomically
-from VolumetricSRLib.device import describe_device, resolve_device
+from VolumetricSRLib.device import cpu_model, describe_device, resolve_device
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
 from VolumetricSRLib.interpolation import METHODS as INTERPOLATIONS
 from VolumetricSRLib.metrics import score_volume
@@ -336,13 +335,7 @@ def hardware_text(device: str) -> str:
     """The device the timings come from, for people: its description, the CPU model and torch."""
     import torch
 
-    cpu = platform.processor() or "unknown CPU"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
-                 if line.startswith("model name")]  # fmt: skip
-        cpu = names[0] if names else cpu
-    return f"{describe_device(torch.device(device))}; CPU {cpu}; torch {torch.__version__}"
+    return f"{describe_device(torch.device(device))}; CPU {cpu_model()}; torch {torch.__version__}"
 
 
 HERE = Path(__file__).resolve().parent
