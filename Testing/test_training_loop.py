@@ -6,8 +6,10 @@ import csv
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -62,6 +64,80 @@ def test_resume_continues_exactly(tmp_path, log_every):
         list(range(1, 9)) if log_every == 1 else [3, 6, 8]
     )
     assert state_digest(second.model) == state_digest(whole.model)
+
+
+class SignalAtStep:
+    """The run's own sampler, which sends this process `number` while fetching the batch of `step`."""
+
+    def __init__(self, sampler, step: int, number: int) -> None:
+        self.sampler, self.step, self.number = sampler, step, number
+
+    def batch(self, seed: int, rank: int, step: int, size: int):
+        if step == self.step:
+            signal.raise_signal(self.number)
+        return self.sampler.batch(seed, rank, step, size)
+
+
+@pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_ends_the_step_writes_last_and_resumes_exactly(tmp_path, number):
+    whole = Trainer(tiny_config(tmp_path / "whole", log_every=3))
+    whole.run()
+    before = signal.getsignal(number)
+    first = Trainer(tiny_config(tmp_path / "split", log_every=3))
+    first.sampler = SignalAtStep(first.build_sampler(), step=4, number=number)
+    first.run()
+    assert first.stop_signal == number and first.step == 5
+    assert signal.getsignal(number) is before  # the handler is put back after the run
+    assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["step"] == 5
+    second = Trainer(tiny_config(tmp_path / "split", log_every=3))
+    assert second.resume() and second.step == 5 and second.stop_signal is None
+    second.run()
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert state_digest(second.model) == state_digest(whole.model)
+
+
+def train_argv(run_dir: Path, *extra: str) -> list[str]:
+    """`volumetricsr-train train` arguments for a tiny residual TVSRN on the phantom in `run_dir`."""
+    argv = ["train", *extra, "--set", f"run_dir={run_dir}"]
+    settings = {"train_volumes": [str(phantom_ct())], "crop": [4, 16, 16], "device": "cpu", "threads": 1,
+                "progress": False, **{f"model.{k}": v for k, v in TINY_RESIDUAL.items()}}  # fmt: skip
+    for key, value in settings.items():
+        argv += ["--set", f"{key}={value!r}"]
+    return argv
+
+
+def logged_steps(run_dir: Path) -> int:
+    return len(losses(run_dir)) if (run_dir / "log.csv").exists() else 0
+
+
+def wait_for_steps(process: subprocess.Popen, run_dir: Path, count: int) -> None:
+    deadline = time.monotonic() + 120
+    while logged_steps(run_dir) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "training logged no steps within 120 s"
+        time.sleep(0.2)
+
+
+def test_sigterm_to_the_train_command_saves_and_says_how_to_resume_but_nohup_sighup_is_ignored(tmp_path):
+    argv = train_argv(tmp_path, "--set", "steps=100000", "--set", "log_every=1")
+    code = f"from volumetricsr_training.cli import main; import sys; sys.exit(main({argv!r}))"
+    process = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as under nohup
+    )  # fmt: skip
+    try:
+        wait_for_steps(process, tmp_path, 2)
+        process.send_signal(signal.SIGHUP)
+        wait_for_steps(process, tmp_path, logged_steps(tmp_path) + 3)  # still training
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    saved = torch.load(tmp_path / "last.pt", weights_only=True)["step"]
+    assert saved == logged_steps(tmp_path) >= 5
+    assert f"stopped at step {saved} of 100000" in out
+    assert f"SIGTERM received: last.pt holds step {saved}; run the same command to resume exactly" in err
 
 
 def test_resume_refuses_other_learning_settings_but_takes_new_bookkeeping(tmp_path):
@@ -129,11 +205,7 @@ def test_validation_keeps_the_best_checkpoint_and_writes_curves(tmp_path):
 
 
 def test_missing_tensorboard_is_a_message_not_a_crash(tmp_path):
-    argv = ["train", "--max-steps", "2", "--set", f"run_dir={tmp_path}"]
-    settings = {"train_volumes": [str(phantom_ct())], "crop": [4, 16, 16], "device": "cpu", "threads": 1,
-                "progress": False, **{f"model.{k}": v for k, v in TINY_RESIDUAL.items()}}  # fmt: skip
-    for key, value in settings.items():
-        argv += ["--set", f"{key}={value!r}"]
+    argv = train_argv(tmp_path, "--max-steps", "2")
     code = (
         "import sys; sys.modules['torch.utils.tensorboard'] = None  # as if tensorboard were not installed\n"
         f"from volumetricsr_training.cli import main; sys.exit(main({argv!r}))"

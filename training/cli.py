@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import sys
 from pathlib import Path
 
@@ -36,6 +37,11 @@ def _train(args: argparse.Namespace) -> int:
     if trainer.ctx.main:
         print(f"stopped at step {trainer.step} of {cfg.steps}; checkpoints in {cfg.run_dir}")
     trainer.ctx.close()
+    if trainer.stop_signal is not None:
+        name = signal.Signals(trainer.stop_signal).name
+        print(f"{name} received: last.pt holds step {trainer.step}; run the same command to resume exactly",
+              file=sys.stderr)  # fmt: skip
+        return 128 + trainer.stop_signal
     return 0
 
 

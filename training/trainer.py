@@ -12,8 +12,12 @@ import csv
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +35,10 @@ from .checkpoints import read_checkpoint, state_digest
 from .config import SCHEDULE_KEYS, TrainConfig, learning_differences
 from .curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
 from .data import PairSampler, PseudoPairSampler, load_thin_volumes
+
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
+)
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -123,6 +131,8 @@ class Trainer:
         self.sampler: PairSampler | None = None
         self.ddp: DistributedDataParallel | None = None
         self.tensorboard = None
+        # the signal that asked this run to stop after its current step (None: none came)
+        self.stop_signal: int | None = None
 
     # checkpoints -------------------------------------------------------------------------------
     def checkpoint_path(self, name: str = "last") -> Path:
@@ -271,10 +281,23 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         validating = bool(cfg.val_every) and has_validation_data(cfg)
         stop = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
-        started = last_save = time.monotonic()
-        clock = self.train_seconds
         log = self._open_log()
         self._open_tensorboard()
+        with self._stop_on_signals():
+            self._loop(stop, log, validating, max_minutes)
+        if log is not None:
+            log.close()
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+        self.check_replicas()
+        self.ctx.barrier()
+
+    def _loop(self, stop: int, log, validating: bool, max_minutes: float | None) -> None:
+        """The steps up to `stop`, ending early on max_minutes or a stop signal with `last.pt` written."""
+        cfg = self.cfg
+        started = last_save = time.monotonic()
+        clock = self.train_seconds
         bar = tqdm(
             total=stop,
             initial=self.step,
@@ -298,20 +321,40 @@ class Trainer:
                 self.validate_and_log(log, self.train_seconds)
             if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
                 self.save(f"step_{self.step:06d}")
-            if max_minutes is not None and self.ctx.agree(now - started > max_minutes * 60):
+            timed_out = max_minutes is not None and now - started > max_minutes * 60
+            if self.ctx.agree(timed_out or self.stop_signal is not None):
                 self.save("last")
                 break
             if now - last_save > cfg.checkpoint_minutes * 60 or self.step == stop:
                 self.save("last")
                 last_save = now
         bar.close()
-        if log is not None:
-            log.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
-        self.check_replicas()
-        self.ctx.barrier()
+
+    @contextmanager
+    def _stop_on_signals(self) -> Iterator[None]:
+        """While training, the first stop signal only sets `stop_signal` (and puts the previous
+        handlers back, so that a second one acts as it did before). Signals that are ignored (SIGHUP
+        under nohup) stay ignored; outside the main thread nothing changes."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+        previous = {number: handler for number, handler in previous.items() if handler != signal.SIG_IGN}
+
+        def restore() -> None:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+        def request_stop(number: int, _frame) -> None:
+            self.stop_signal = number
+            restore()
+
+        for number in previous:
+            signal.signal(number, request_stop)
+        try:
+            yield
+        finally:
+            restore()
 
     def _log_losses(self, log, bar: tqdm) -> None:
         """One log row: the mean losses of the steps since the previous row."""
