@@ -156,13 +156,16 @@ def test_enforcing_is_refused_when_the_output_would_be_resampled(tmp_path, card,
     assert predict(card, thick_3mm, tmp_path / "thin.nrrd", "--enforce-consistency") == 2
     err = capsys.readouterr().err
     assert (
-        "error: --enforce-consistency corrects the model's own 0.6 mm slices (input 3 mm / 5), but the "
-        in err
+        "error: enforcing consistency (--enforce-consistency) corrects the model's own 0.6 mm slices "
+        "(input 3 mm / 5), but the " in err
     )
-    assert "output would be resampled to 1 mm, which undoes the correction; add --spacing 0.6 " in err
+    assert (
+        "output would be resampled to 1 mm, which undoes the correction; set the output spacing to 0.6 mm "
+        "(--spacing 0.6) to keep the model's slices, or do not enforce consistency"
+    ) in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["thick_3mm.nrrd"]  # nothing written
     assert predict(card, thick_3mm, tmp_path / "thin.nrrd", "--enforce-consistency", "--spacing", "0.5") == 2
-    assert "to 0.5 mm, which undoes the correction; use --spacing 0.6 instead of 0.5 to keep" in (
+    assert "to 0.5 mm, which undoes the correction; set the output spacing to 0.6 mm instead of 0.5 mm " in (
         capsys.readouterr().err
     )
     assert predict(card, thick_3mm, tmp_path / "thin.nrrd", "--enforce-consistency", "--spacing", "0.6") == 0
@@ -184,7 +187,11 @@ def test_a_model_of_depth_2_on_two_slices_skips_the_check_with_a_note(tmp_path, 
     assert any(note.startswith("no consistency check: 2 thick slices leave no full slab") for note in notes)
     assert "Traceback" not in captured.err
     code = predict(card, source, tmp_path / "enforced.nrrd", "--enforce-consistency")
-    assert code == 2 and "--enforce-consistency needs at least 3 thick slices" in capsys.readouterr().err
+    assert (
+        code == 2
+        and "enforcing consistency (--enforce-consistency) needs at least 3 thick slices"
+        in capsys.readouterr().err
+    )
 
 
 def test_the_slicer_module_status_line_shows_the_check(tmp_path, card, thick):

@@ -154,3 +154,35 @@ def test_a_spacing_not_finer_than_the_input_is_refused_and_a_finer_one_than_the_
     err = capsys.readouterr().err
     assert "warning: output slices 0.3 mm apart are finer than the model's 0.6 mm" in err
     assert read_volume(tmp_path / "thin.nrrd").array.shape[0] == 71
+
+
+def test_the_slicer_module_puts_the_thin_node_on_the_requested_spacing(card):
+    slicer = pytest.importorskip("slicer", reason="the MRML tests need the slicer-core wheel")
+    import sys
+
+    import vtk
+
+    from VolumetricSRLib.child_run import ChildError
+    from VolumetricSRLib.geometry import spaced_grid
+    from VolumetricSRMRML.processing import RunSettings, super_resolve_volume
+    from VolumetricSRMRML.volume_nodes import write_thin_volume
+
+    hu, _ = chest_phantom(SHAPE, slice_mm=5.0, pixel_mm=PIXEL_MM)
+    scene = slicer.vtkMRMLScene()
+    node = write_thin_volume(scene, hu, thick_affine(5.0), name="thick")
+    result = super_resolve_volume(
+        node, RunSettings(model=str(card), device="cpu", spacing_mm=2.0), python=sys.executable
+    )
+    expected = spaced_grid(thick_affine(5.0), THICK_SLICES, 2.0)
+    assert expected.slices == 18  # 7 x 5 mm from the first thick slice, every 2 mm
+    assert result.output.GetImageData().GetDimensions() == (20, 24, 18)
+    assert result.spacing_mm == pytest.approx((PIXEL_MM, PIXEL_MM, 2.0))
+    matrix = vtk.vtkMatrix4x4()
+    result.output.GetIJKToRASMatrix(matrix)
+    ijk_to_ras = np.array([[matrix.GetElement(row, col) for col in range(4)] for row in range(4)])
+    np.testing.assert_allclose(ijk_to_ras, expected.affine, atol=1e-9)
+    assert "18 slices of 2 mm" in result.summary() and "before resampling" in result.summary()
+
+    both = RunSettings(model=str(card), device="cpu", spacing_mm=2.0, enforce_consistency=True)
+    with pytest.raises(ChildError, match=r"would be resampled to 2 mm, which undoes the correction"):
+        super_resolve_volume(node, both, python=sys.executable)

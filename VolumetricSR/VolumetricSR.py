@@ -119,6 +119,8 @@ class VolumetricSRParameterNode:
     depthOverlap - thick slices shared by neighbouring depth windows.
     batchSize - pieces per network call, 0 to choose (1 on the CPU, from free memory on a GPU).
     halfPrecision - half precision (bfloat16, else float16) on the GPU.
+    outputSpacing - thin slice spacing in mm, 0 for the model card's (1 mm for the bundled model).
+    enforceConsistency - correct the thin slices so that each full slab re-thickens to its measured slice.
     showReview - show the three-over-three review after Apply.
     """
 
@@ -131,6 +133,8 @@ class VolumetricSRParameterNode:
     depthOverlap: Annotated[int, WithinRange(1, 3)] = 1
     batchSize: Annotated[int, WithinRange(0, 64)] = 0
     halfPrecision: bool = True
+    outputSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
+    enforceConsistency: bool = False
     showReview: bool = True
 
 
@@ -335,6 +339,8 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 batchSize=params.batchSize,
                 halfPrecision=params.halfPrecision,
                 hardenTransform=hardenTransform,
+                outputSpacing=params.outputSpacing,
+                enforceConsistency=params.enforceConsistency,
             )
         except Exception as error:
             self._showFailure(error)
@@ -629,11 +635,17 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         halfPrecision: bool = True,
         hardenTransform: bool = False,
         allowUntrainedModel: bool = False,
+        outputSpacing: float = 0.0,
+        enforceConsistency: bool = False,
     ) -> SuperResolutionJob:
         """Start super-resolving `inputVolume` in a child process; poll() the job from the main thread.
 
         model: a model file (.safetensors / .json), a bundled model id, or None for the default.
         device: "auto", "GPU" or "CPU"; tileSize 0 means whole slices; batchSize 0 chooses.
+        outputSpacing: thin slice spacing in mm (0: the model card's thin spacing); spacings other than
+        the model's own slices (input spacing / ratio) are resampled from them with a cubic B-spline.
+        enforceConsistency: correct the prediction so that each full slab of thin slices
+        re-thickens to its measured thick slice (the status line reports the check).
         """
         missing = self.missingPythonPackages()
         if missing:
@@ -651,6 +663,8 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
             batch=batchSize or None,
             amp=halfPrecision,
             allow_untrained=allowUntrainedModel,
+            spacing_mm=outputSpacing or None,
+            enforce_consistency=enforceConsistency,
         )
         return SuperResolutionJob(
             inputVolume, settings, output_node=outputVolume, harden_transform=hardenTransform
@@ -669,6 +683,8 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
         hardenTransform: bool = False,
         showReview: bool = False,
         allowUntrainedModel: bool = False,
+        outputSpacing: float = 0.0,
+        enforceConsistency: bool = False,
         progressCallback: Callable[[float, str], None] | None = None,
         cancelRequested: Callable[[], bool] | None = None,
     ) -> SuperResolutionResult:
@@ -690,6 +706,8 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
             halfPrecision,
             hardenTransform,
             allowUntrainedModel,
+            outputSpacing,
+            enforceConsistency,
         )
         result = run_to_end(job, progressCallback, cancelRequested, idle=slicer.app.processEvents)
         logging.info(f"VolumetricSR: {result.summary()}")
@@ -736,6 +754,8 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
     def runTest(self) -> None:
         self.setUp()
         self.test_VolumetricSR_syntheticVolume()
+        self.setUp()
+        self.test_VolumetricSR_outputSpacingAndConsistency()
 
     def _thickVolume(self):
         angle = np.deg2rad(20.0)
@@ -792,4 +812,26 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
                 self.assertEqual(
                     composite_node(slicer.mrmlScene, name).GetBackgroundVolumeID(), expected.GetID()
                 )
+        self.delayDisplay("Test passed")
+
+    def test_VolumetricSR_outputSpacingAndConsistency(self) -> None:
+        from VolumetricSRLib.geometry import spaced_grid
+
+        logic = VolumetricSRLogic()
+        thick, ijkToRas, _voxels = self._thickVolume()
+        if logic.missingPythonPackages():
+            self.delayDisplay("VolumetricSR's Python packages are missing: output spacing not tested")
+            return
+        self.delayDisplay("Thin slices every 2 mm")
+        spaced = logic.process(thick, device="CPU", outputSpacing=2.0).output
+        self.assertEqual(spaced.GetImageData().GetDimensions(), (20, 24, 21))
+        matrix = vtk.vtkMatrix4x4()
+        spaced.GetIJKToRASMatrix(matrix)
+        np.testing.assert_allclose(
+            slicer.util.arrayFromVTKMatrix(matrix), spaced_grid(ijkToRas, 9, 2.0).affine, atol=1e-9
+        )
+        self.delayDisplay("Consistency with the measured slices enforced")
+        result = logic.process(thick, device="CPU", enforceConsistency=True)
+        self.assertEqual(result.output.GetImageData().GetDimensions(), (20, 24, 41))
+        self.assertIn("enforced (corrected from", result.consistency)
         self.delayDisplay("Test passed")

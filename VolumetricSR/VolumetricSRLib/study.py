@@ -69,8 +69,8 @@ def super_resolve_study(
     """Super-resolve a thick (K, J, I) HU volume whose slice axis may be any array axis."""
     if options.enforce_consistency and card.ratio % 2 == 0:
         raise InputError(
-            f"--enforce-consistency needs an odd ratio (each thick slice on a thin one); {card.id} is "
-            f"x{card.ratio}"
+            f"enforcing consistency (--enforce-consistency) needs an odd ratio (each thick slice on a thin "
+            f"one); {card.id} is x{card.ratio}: choose an odd-ratio model or do not enforce consistency"
         )
     axis = thick_axis(affine)
     thick_hu, thick_affine = slice_axis_first(np.asarray(hu), affine, axis)
@@ -145,19 +145,18 @@ def _check_enforceable(
     output resampled off the model's grid (which would undo the correction)."""
     if thick_slices < MIN_CHECKED_SLICES:
         raise InputError(
-            f"--enforce-consistency needs at least {MIN_CHECKED_SLICES} thick slices (a full slab of thin "
-            f"slices between the first and the last); the input has {thick_slices}: leave it out"
+            f"enforcing consistency (--enforce-consistency) needs at least {MIN_CHECKED_SLICES} thick slices "
+            f"(a full slab of thin slices between the first and the last); the input has {thick_slices}: "
+            "do not enforce consistency"
         )
     if target_mm is not None:
         native_mm = input_mm / ratio
-        fix = f"add --spacing {native_mm:.4g}"
-        if requested_mm is not None:
-            fix = f"use --spacing {native_mm:.4g} instead of {requested_mm:g}"
+        instead = "" if requested_mm is None else f" instead of {requested_mm:g} mm"
         raise InputError(
-            f"--enforce-consistency corrects the model's own {native_mm:.4g} mm slices (input "
-            f"{input_mm:.4g} mm / {ratio}), but the output would be resampled to {target_mm:.4g} mm, "
-            f"which undoes the correction; {fix} to keep the model's slices, or leave out "
-            "--enforce-consistency"
+            f"enforcing consistency (--enforce-consistency) corrects the model's own {native_mm:.4g} mm "
+            f"slices (input {input_mm:.4g} mm / {ratio}), but the output would be resampled to "
+            f"{target_mm:.4g} mm, which undoes the correction; set the output spacing to {native_mm:.4g} mm"
+            f"{instead} (--spacing {native_mm:.4g}) to keep the model's slices, or do not enforce consistency"
         )
 
 
