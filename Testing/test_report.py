@@ -22,6 +22,7 @@ from volumetricsr_training.report import (
     git_commit,
     parse_method,
     parse_methods,
+    place_labels,
     summary_rows,
 )
 from VolumetricSRLib.baseline_config import BASELINES
@@ -231,3 +232,29 @@ def test_commit_marks_changed_code_not_outputs(tmp_path: Path) -> None:
     git("checkout", "run.toml")
     (tmp_path / "docs" / "new.py").write_text("y = 2\n")
     assert git_commit(tmp_path / "docs") == commit + "+changes"  # untracked code counts
+
+
+# ---- Fig. 3b labels ----
+
+BOUNDS = (0.0, 0.0, 400.0, 300.0)
+
+
+def test_a_free_label_sits_right_of_its_marker_at_its_height_and_left_at_the_right_edge():
+    boxes = place_labels(
+        [(100.0, 150.0, 10.0), (390.0, 50.0, 4.0)], [(40.0, 12.0), (30.0, 12.0)], BOUNDS, gap=3.0
+    )
+    assert boxes[0] == (113.0, 144.0, 153.0, 156.0)
+    assert boxes[1] == (353.0, 44.0, 383.0, 56.0)  # no room on the right: beside it on the left
+
+
+def test_crowded_labels_cover_no_marker_and_no_other_label():
+    markers = [(200.0 + 9 * i, 150.0 + 4 * (i % 3), 8.0) for i in range(6)]
+    boxes = place_labels(markers, [(60.0, 12.0)] * 6, BOUNDS, gap=3.0)
+    discs = [(x - r, y - r, x + r, y + r) for x, y, r in markers]
+    for index, box in enumerate(boxes):
+        assert BOUNDS[0] <= box[0] and box[2] <= BOUNDS[2] and BOUNDS[1] <= box[1] and box[3] <= BOUNDS[3]
+        assert box[2] - box[0] == 60.0 and box[3] - box[1] == 12.0
+        for other in discs + boxes[:index] + boxes[index + 1 :]:
+            assert not (box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3])
+    moved = [box for box, (_, y, _) in zip(boxes, markers, strict=True) if (box[1] + box[3]) / 2 != y]
+    assert len(moved) >= 3  # the crowd forces labels off their markers' heights

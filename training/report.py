@@ -281,8 +281,44 @@ def markdown_report(rows: list[dict], provenance: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+Box = tuple[float, float, float, float]  # left x, bottom y, right x, top y (display units, y upwards)
+LABEL_SEARCH_STEPS = 24  # half label heights a label may move up or down from its marker
+
+
+def _overlap(one: Box, other: Box) -> bool:
+    return one[0] < other[2] and other[0] < one[2] and one[1] < other[3] and other[1] < one[3]
+
+
+def place_labels(
+    markers: list[tuple[float, float, float]], sizes: list[tuple[float, float]], bounds: Box, gap: float
+) -> list[Box]:
+    """A box for each marker's label (markers: centre x, centre y, radius; sizes: width, height),
+    inside `bounds` and clear of every marker and of the labels placed before it (markers from the
+    top down): beside the marker, right before left, else the nearest height above or below."""
+    obstacles: list[Box] = [(x - r, y - r, x + r, y + r) for x, y, r in markers]
+    boxes: dict[int, Box] = {}
+    for index in sorted(range(len(markers)), key=lambda i: -markers[i][1]):
+        (x, y, r), (width, height) = markers[index], sizes[index]
+        candidates = [
+            (left, y + shift - height / 2, left + width, y + shift + height / 2)
+            for step in range(LABEL_SEARCH_STEPS + 1)
+            for shift in ((0.0,) if step == 0 else (step * height / 2, -step * height / 2))
+            for left in (x + r + gap, x - r - gap - width)
+        ]
+        inside = [
+            c
+            for c in candidates
+            if bounds[0] <= c[0] and c[2] <= bounds[2] and bounds[1] <= c[1] and c[3] <= bounds[3]
+        ]
+        free = [c for c in inside if not any(_overlap(c, other) for other in obstacles)]
+        boxes[index] = (free or inside or candidates)[0]
+        obstacles.append(boxes[index])
+    return [boxes[index] for index in range(len(markers))]
+
+
 def tradeoff_png(rows: list[dict]) -> bytes:
-    """Fig. 3b: PSNR against seconds per volume (log scale), marker area proportional to parameters."""
+    """Fig. 3b: PSNR against seconds per volume (log scale), marker area proportional to parameters;
+    each method's name beside its marker, moved down (with a leader line) where names would overlap."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -290,19 +326,19 @@ def tradeoff_png(rows: list[dict]) -> bytes:
 
     figure, axes = plt.subplots(figsize=(7.5, 5.0), dpi=120)
     largest = max((row["parameters"] for row in rows), default=0) or 1
-    for rank, row in enumerate(sorted(rows, key=lambda r: r["psnr_mean"])):
+    points, areas = [], []
+    for row in rows:
         learned = row["parameters"] > 0
-        point = (max(row["seconds_per_volume"], 1e-3), row["psnr_mean"])
+        points.append((max(row["seconds_per_volume"], 1e-3), row["psnr_mean"]))
+        areas.append(40 + 1200 * row["parameters"] / largest if learned else 30)
         axes.scatter(
-            *point,
-            s=40 + 1200 * row["parameters"] / largest if learned else 30,
+            *points[-1],
+            s=areas[-1],
             alpha=0.6,
             marker="o" if learned else "s",
             color="tab:orange" if learned else "tab:grey",
             edgecolors="black",
         )
-        offset = (8, 4) if rank % 2 == 0 else (8, -11)  # neighbours in PSNR alternate above and below
-        axes.annotate(row["method"], point, textcoords="offset points", xytext=offset, fontsize=8)
     axes.margins(x=0.25, y=0.1)
     axes.set_xscale("log")
     axes.set_xlabel("seconds per volume (log scale)")
@@ -310,10 +346,47 @@ def tradeoff_png(rows: list[dict]) -> bytes:
     axes.set_title("PSNR against inference time; marker area: parameters")
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
+    _label_markers(figure, axes, [row["method"] for row in rows], points, areas)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
     plt.close(figure)
     return buffer.getvalue()
+
+
+LABEL_POINTS = 8.0  # label font size
+
+
+def _label_markers(
+    figure, axes, names: list[str], points: list[tuple[float, float]], areas: list[float]
+) -> None:
+    """Each name beside its marker (area in points squared), or above or below it with a leader line
+    where it would cover another name or marker."""
+    renderer = figure.canvas.get_renderer()
+    scale = figure.dpi / 72.0  # display pixels per point
+    markers, sizes = [], []
+    for name, point, area in zip(names, points, areas, strict=True):
+        x, y = axes.transData.transform(point)
+        markers.append((x, y, area**0.5 / 2 * scale))
+        probe = axes.text(0, 0, name, fontsize=LABEL_POINTS)
+        sizes.append((probe.get_window_extent(renderer).width, (LABEL_POINTS + 2) * scale))
+        probe.remove()
+    bounds = tuple(axes.get_window_extent(renderer).extents)
+    boxes = place_labels(markers, sizes, bounds, gap=3 * scale)
+    for name, point, area, (x, y, _), box in zip(names, points, areas, markers, boxes, strict=True):
+        moved = abs((box[1] + box[3]) / 2 - y) > 1.0
+        right = box[0] > x
+        axes.annotate(
+            name,
+            point,
+            xytext=(((box[0] if right else box[2]) - x) / scale, ((box[1] + box[3]) / 2 - y) / scale),
+            textcoords="offset points",
+            fontsize=LABEL_POINTS,
+            ha="left" if right else "right",
+            va="center",
+            arrowprops={"arrowstyle": "-", "color": "grey", "lw": 0.6, "shrinkA": 1, "shrinkB": area**0.5 / 2}
+            if moved
+            else None,
+        )
 
 
 def budget_text(specs: list[MethodSpec]) -> str:
