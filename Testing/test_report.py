@@ -96,6 +96,9 @@ def test_p_values_compare_the_best_method_with_each_other():
     assert rows[1]["psnr_p_vs_best"] == pytest.approx(one_sided_wilcoxon(np.array(best), np.array(other)))
     assert rows[2]["psnr_p_vs_best"] == pytest.approx(0.03125)  # all 5 differences positive: 1 / 2**5
     assert rows[1]["psnr_std"] == pytest.approx(np.std(other))
+    assert rows[0]["psnr_drop_vs_best"] == 0.0
+    assert rows[1]["psnr_drop_vs_best"] == pytest.approx(np.mean(best) - np.mean(other))  # 0.68 dB
+    assert rows[2]["psnr_drop_vs_best"] == pytest.approx(31.1 - 20.0)
 
 
 def test_report_trains_scores_writes_and_resumes_without_redoing(tmp_path, volumes, zero_head_model, capsys):
@@ -119,6 +122,9 @@ def test_report_trains_scores_writes_and_resumes_without_redoing(tmp_path, volum
     report = (out / "report.md").read_text()
     assert "(2 cases)" in report and "smallest possible p-value is 0.25" in report
     assert "\n| linear | linear interpolation | - | " in report  # method name and network, one row each
+    worst = min(psnr, key=psnr.get)
+    row = report.split(f"\n| {worst} | ")[1].split("\n")[0]
+    assert f" | {max(psnr.values()) - psnr[worst]:.2f} | " in row  # its PSNR below the best's
     assert "6 steps of batch 2, crops 4x16x16" in report and "--methods linear cubic" in report
     assert Image.open(out / "tradeoff.png").size[0] > 400
     provenance = json.loads((out / "report.json").read_text())["provenance"]

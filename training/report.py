@@ -48,7 +48,7 @@ from .methods import CONFIGS, METHODS
 DEFAULT_METHODS = (*INTERPOLATIONS, *(str(CONFIGS / name) for name in METHODS))
 METHOD_FIELDS = (
     "method", "label", "kind", "parameters", "psnr_mean", "psnr_std", "ssim_mean", "ssim_std",
-    "seconds_per_volume", "psnr_p_vs_best", "ssim_p_vs_best", "source",
+    "seconds_per_volume", "psnr_drop_vs_best", "psnr_p_vs_best", "ssim_p_vs_best", "source",
 )  # fmt: skip
 CASE_FIELDS = ("method", "case", "psnr", "ssim", "seconds")
 
@@ -201,8 +201,8 @@ def _stored_scores(path: Path) -> dict | None:
 
 
 def summary_rows(results: list[Scored]) -> list[dict]:
-    """Per method: mean +- std of PSNR and SSIM, seconds per volume, and the one-sided Wilcoxon
-    p-values of 'the best method (highest mean PSNR) scores higher than this one'."""
+    """Per method: mean +- std of PSNR and SSIM, seconds per volume, its mean PSNR below the best
+    method's (highest mean PSNR), and the one-sided Wilcoxon p-values of 'the best scores higher'."""
 
     def metric(result: Scored, key: str) -> np.ndarray:
         return np.array([row[key] for row in result.rows], dtype=np.float64)
@@ -223,6 +223,7 @@ def summary_rows(results: list[Scored]) -> list[dict]:
                 "ssim_mean": float(ssim.mean()),
                 "ssim_std": float(ssim.std()),
                 "seconds_per_volume": float(metric(result, "seconds").mean()),
+                "psnr_drop_vs_best": float(metric(best, "psnr").mean() - psnr.mean()),
                 "psnr_p_vs_best": None if same else one_sided_wilcoxon(metric(best, "psnr"), psnr),
                 "ssim_p_vs_best": None if same else one_sided_wilcoxon(metric(best, "ssim"), ssim),
                 "source": result.identity["scored"],
@@ -237,20 +238,20 @@ def markdown_report(rows: list[dict], provenance: dict) -> str:
     lines = [
         "# Method comparison",
         "",
-        "| method | network | parameters | PSNR (dB) | SSIM | s / volume | p (best > it), PSNR / SSIM |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| method | network | parameters | PSNR (dB) | SSIM | s / volume | PSNR below the best (dB) "
+        "| p (best > it), PSNR / SSIM |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:
         params = "-" if row["parameters"] == 0 else f"{row['parameters'] / 1e6:.2f}M"
-        p = (
-            "best"
-            if row["psnr_p_vs_best"] is None
-            else f"{row['psnr_p_vs_best']:.3g} / {row['ssim_p_vs_best']:.3g}"
-        )
+        best = row["psnr_p_vs_best"] is None
+        drop = "-" if best else f"{row['psnr_drop_vs_best']:.2f}"
+        p = "best" if best else f"{row['psnr_p_vs_best']:.3g} / {row['ssim_p_vs_best']:.3g}"
         lines.append(
             f"| {row['method']} | {row['label']} | {params} | "
             f"{row['psnr_mean']:.2f} ± {row['psnr_std']:.2f} | "
-            f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['seconds_per_volume']:.2f} | {p} |"
+            f"{row['ssim_mean']:.4f} ± {row['ssim_std']:.4f} | {row['seconds_per_volume']:.2f} | "
+            f"{drop} | {p} |"
         )
     smallest = 0.5**n
     cases = f"{n} case{'' if n == 1 else 's'}"
