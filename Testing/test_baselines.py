@@ -204,6 +204,19 @@ def test_every_method_trains_under_the_shared_budget():
     assert len(architectures) == len(METHODS)
 
 
+@pytest.mark.parametrize(
+    ("source", "box_source"),
+    [("domain_gap_mpunet", "baseline_mpunet.toml"), ("domain_gap_tvsrn", "ablation_tvsrn_full.toml")],
+)
+@pytest.mark.parametrize("slab", ["gaussian", "sparse"])
+def test_each_domain_gap_source_differs_from_its_box_source_only_in_its_slab(source, box_source, slab):
+    box = load_config(CONFIGS / box_source)
+    other = load_config(CONFIGS / f"{source}_{slab}.toml")
+    assert box.slab == "box" and other.slab == slab and other.model == box.model
+    assert learning_differences(box.to_dict(), other.to_dict()) == [f"slab: 'box' -> '{slab}'"]
+    assert other.run_dir == f"runs/compare/{source}_{slab}"
+
+
 def test_the_model_table_selects_the_architecture():
     assert type(build_network({"arch": "saint", **BASELINES["saint"].tiny().to_dict()})).__name__ == "SAINT"
     assert "arch" not in TVSRNConfig().to_dict()  # TVSRN cards and checkpoints stay as they were
