@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import csv
 import json
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import tiny_tvsrn
+from conftest import REPO, tiny_tvsrn
 from volumetricsr_training.cli import main
 from volumetricsr_training.evaluate import one_sided_wilcoxon, pseudo_cases
 from volumetricsr_training.report import (
@@ -264,3 +267,31 @@ def test_crowded_labels_cover_no_marker_and_no_other_label():
             assert not (box[0] < other[2] and other[0] < box[2] and box[1] < other[3] and other[1] < box[3])
     moved = [box for box, (_, y, _) in zip(boxes, markers, strict=True) if (box[1] + box[3]) / 2 != y]
     assert len(moved) >= 3  # the crowd forces labels off their markers' heights
+
+
+def test_a_stop_signal_while_the_report_trains_scores_nothing_and_says_how_to_resume(tmp_path, volumes):
+    config = tiny_config(tmp_path, volumes[0], steps=100000)
+    out = tmp_path / "report"
+    argv = ["report", "--methods", "cubic", str(config), "--test", str(volumes[0]), "--out", str(out)]
+    code = f"from volumetricsr_training.cli import main; import sys; sys.exit(main({argv!r}))"
+    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    log = tmp_path / "run" / "log.csv"
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and len(log.read_text().splitlines()) > 3):
+            assert process.poll() is None, process.communicate()
+            assert time.monotonic() < deadline, "the report trained no steps within 120 s"
+            time.sleep(0.2)
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
+    assert process.returncode == 128 + signal.SIGTERM, err
+    step = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["step"]
+    assert 3 <= step < 100000
+    assert (
+        f"volumetricsr-train report: SIGTERM received: {tmp_path / 'run' / 'last.pt'} holds step {step}"
+        in err
+    )
+    assert not out.exists() or not (out / "report.md").exists()  # nothing scored, no report written

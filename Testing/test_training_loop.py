@@ -137,7 +137,10 @@ def test_sigterm_to_the_train_command_saves_and_says_how_to_resume_but_nohup_sig
     saved = torch.load(tmp_path / "last.pt", weights_only=True)["step"]
     assert saved == logged_steps(tmp_path) >= 5
     assert f"stopped at step {saved} of 100000" in out
-    assert f"SIGTERM received: last.pt holds step {saved}; run the same command to resume exactly" in err
+    assert (
+        f"volumetricsr-train train: SIGTERM received: {tmp_path / 'last.pt'} holds step {saved}; "
+        "run the same command to resume exactly"
+    ) in err
 
 
 def test_resume_refuses_other_learning_settings_but_takes_new_bookkeeping(tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from VolumetricSRLib.consistency import SLABS
 from VolumetricSRLib.device import DeviceError
 
 from .config import load_config
+from .trainer import TrainingStopped
 
 EXIT_PROBLEMS = 1
 
@@ -37,11 +37,7 @@ def _train(args: argparse.Namespace) -> int:
     if trainer.ctx.main:
         print(f"stopped at step {trainer.step} of {cfg.steps}; checkpoints in {cfg.run_dir}")
     trainer.ctx.close()
-    if trainer.stop_signal is not None:
-        name = signal.Signals(trainer.stop_signal).name
-        print(f"{name} received: last.pt holds step {trainer.step}; run the same command to resume exactly",
-              file=sys.stderr)  # fmt: skip
-        return 128 + trainer.stop_signal
+    trainer.raise_if_stopped()
     return 0
 
 
@@ -309,6 +305,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, DeviceError) as exc:
         print(f"volumetricsr-train {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except TrainingStopped as stop:
+        print(f"volumetricsr-train {args.command}: {stop}", file=sys.stderr)
+        return 128 + stop.number
 
 
 if __name__ == "__main__":

@@ -136,6 +136,7 @@ def trained_checkpoint(spec: MethodSpec, train: bool, log: Callable[[str], None]
             trainer.run()
         finally:
             trainer.ctx.close()
+        trainer.raise_if_stopped()  # nothing is scored from a run a stop signal cut short
     best = run_dir / "best.pt"
     return best if best.is_file() else last
 

@@ -41,6 +41,17 @@ STOP_SIGNALS = tuple(
 )
 
 
+class TrainingStopped(Exception):
+    """A stop signal ended a run before its last step; its `last.pt` holds the step it reached."""
+
+    def __init__(self, number: int, step: int, run_dir: Path) -> None:
+        self.number = number
+        super().__init__(
+            f"{signal.Signals(number).name} received: {run_dir / 'last.pt'} holds step {step}; run the "
+            "same command to resume exactly"
+        )
+
+
 def learning_rate(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then constant or cosine decay to zero at cfg.steps."""
     if step < cfg.warmup:
@@ -133,6 +144,11 @@ class Trainer:
         self.tensorboard = None
         # the signal that asked this run to stop after its current step (None: none came)
         self.stop_signal: int | None = None
+
+    def raise_if_stopped(self) -> None:
+        """TrainingStopped when a stop signal ended the last run()."""
+        if self.stop_signal is not None:
+            raise TrainingStopped(self.stop_signal, self.step, self.run_dir)
 
     # checkpoints -------------------------------------------------------------------------------
     def checkpoint_path(self, name: str = "last") -> Path:
