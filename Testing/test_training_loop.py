@@ -18,7 +18,7 @@ import torch
 
 from conftest import REPO, phantom_ct, training_ct
 from volumetricsr_training.config import TrainConfig, load_config
-from volumetricsr_training.trainer import Trainer, learning_rate, state_digest
+from volumetricsr_training.trainer import Trainer, TrainingStopped, learning_rate, state_digest
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
 
 TINY = TVSRNConfig.tiny().to_dict()
@@ -87,6 +87,10 @@ def test_a_stop_signal_ends_the_step_writes_last_and_resumes_exactly(tmp_path, n
     first.sampler = SignalAtStep(first.build_sampler(), step=4, number=number)
     first.run()
     assert first.stop_signal == number and first.step == 5
+    with pytest.raises(
+        TrainingStopped, match=rf"{signal.Signals(number).name} received: .*last.pt holds step 5"
+    ):
+        first.raise_if_stopped()
     assert signal.getsignal(number) is before  # the handler is put back after the run
     assert torch.load(tmp_path / "split" / "last.pt", weights_only=True)["step"] == 5
     second = Trainer(tiny_config(tmp_path / "split", log_every=3))
@@ -94,6 +98,15 @@ def test_a_stop_signal_ends_the_step_writes_last_and_resumes_exactly(tmp_path, n
     second.run()
     assert losses(tmp_path / "split") == losses(tmp_path / "whole")
     assert state_digest(second.model) == state_digest(whole.model)
+
+
+def test_a_stop_signal_during_the_last_step_leaves_a_finished_run(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    trainer.sampler = SignalAtStep(trainer.build_sampler(), step=7, number=signal.SIGTERM)
+    trainer.run()
+    assert trainer.stop_signal == signal.SIGTERM and trainer.step == trainer.cfg.steps == 8
+    trainer.raise_if_stopped()  # finished: nothing to resume, so no TrainingStopped
+    assert torch.load(tmp_path / "last.pt", weights_only=True)["step"] == 8
 
 
 def train_argv(run_dir: Path, *extra: str) -> list[str]:

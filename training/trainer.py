@@ -146,8 +146,8 @@ class Trainer:
         self.stop_signal: int | None = None
 
     def raise_if_stopped(self) -> None:
-        """TrainingStopped when a stop signal ended the last run()."""
-        if self.stop_signal is not None:
+        """TrainingStopped when a stop signal ended the last run() before the run's last step."""
+        if self.stop_signal is not None and self.step < self.cfg.steps:
             raise TrainingStopped(self.stop_signal, self.step, self.run_dir)
 
     # checkpoints -------------------------------------------------------------------------------
@@ -297,6 +297,7 @@ class Trainer:
             self.ddp = DistributedDataParallel(self.model, device_ids=device_ids)
         validating = bool(cfg.val_every) and has_validation_data(cfg)
         stop = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
+        self.stop_signal = None
         log = self._open_log()
         self._open_tensorboard()
         with self._stop_on_signals():
