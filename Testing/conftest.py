@@ -5,11 +5,14 @@ first batch at a gate."""
 from __future__ import annotations
 
 import atexit
+import csv
 import functools
 import shutil
+import subprocess
 import sys
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -86,3 +89,27 @@ class GatedModel(nn.Module):
         if self.calls == 1:
             assert self.gate.wait(timeout=60), "the test never opened the gate"
         return self.network(x)
+
+
+def start_training_cli(argv: list[str], **popen) -> subprocess.Popen:
+    """`volumetricsr-train ARGV` in a child Python from the repository root, its output captured."""
+    code = f"from volumetricsr_training.cli import main; import sys; sys.exit(main({argv!r}))"
+    return subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, **popen)  # fmt: skip
+
+
+def logged_steps(run_dir: Path) -> int:
+    """Rows with a training loss in the run's log.csv (0 before it exists)."""
+    if not (run_dir / "log.csv").exists():
+        return 0
+    with open(run_dir / "log.csv", newline="") as handle:
+        return sum(1 for row in csv.DictReader(handle) if row["loss"])
+
+
+def wait_for_logged_steps(process: subprocess.Popen, run_dir: Path, count: int) -> None:
+    """Until `process` has logged `count` steps in `run_dir` (fail if it ends or after 120 s)."""
+    deadline = time.monotonic() + 120
+    while logged_steps(run_dir) < count:
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, f"training logged fewer than {count} steps within 120 s"
+        time.sleep(0.2)

@@ -7,8 +7,6 @@ import csv
 import json
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO, tiny_tvsrn
+from conftest import start_training_cli, tiny_tvsrn, wait_for_logged_steps
 from volumetricsr_training.cli import main
 from volumetricsr_training.evaluate import one_sided_wilcoxon, pseudo_cases
 from volumetricsr_training.report import (
@@ -273,16 +271,9 @@ def test_a_stop_signal_while_the_report_trains_scores_nothing_and_says_how_to_re
     config = tiny_config(tmp_path, volumes[0], steps=100000)
     out = tmp_path / "report"
     argv = ["report", "--methods", "cubic", str(config), "--test", str(volumes[0]), "--out", str(out)]
-    code = f"from volumetricsr_training.cli import main; import sys; sys.exit(main({argv!r}))"
-    process = subprocess.Popen([sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)  # fmt: skip
-    log = tmp_path / "run" / "log.csv"
+    process = start_training_cli(argv)
     try:
-        deadline = time.monotonic() + 120
-        while not (log.is_file() and len(log.read_text().splitlines()) > 3):
-            assert process.poll() is None, process.communicate()
-            assert time.monotonic() < deadline, "the report trained no steps within 120 s"
-            time.sleep(0.2)
+        wait_for_logged_steps(process, tmp_path / "run", 3)
         process.send_signal(signal.SIGTERM)
         _, err = process.communicate(timeout=120)
     finally:

@@ -9,14 +9,20 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, phantom_ct, training_ct
+from conftest import (
+    REPO,
+    logged_steps,
+    phantom_ct,
+    start_training_cli,
+    training_ct,
+    wait_for_logged_steps,
+)
 from volumetricsr_training.config import TrainConfig, load_config
 from volumetricsr_training.trainer import Trainer, TrainingStopped, learning_rate, state_digest
 from VolumetricSRLib.network import TVSRN, TVSRNConfig
@@ -119,29 +125,14 @@ def train_argv(run_dir: Path, *extra: str) -> list[str]:
     return argv
 
 
-def logged_steps(run_dir: Path) -> int:
-    return len(losses(run_dir)) if (run_dir / "log.csv").exists() else 0
-
-
-def wait_for_steps(process: subprocess.Popen, run_dir: Path, count: int) -> None:
-    deadline = time.monotonic() + 120
-    while logged_steps(run_dir) < count:
-        assert process.poll() is None, process.communicate()
-        assert time.monotonic() < deadline, "training logged no steps within 120 s"
-        time.sleep(0.2)
-
-
 def test_sigterm_to_the_train_command_saves_and_says_how_to_resume_but_nohup_sighup_is_ignored(tmp_path):
     argv = train_argv(tmp_path, "--set", "steps=100000", "--set", "log_every=1")
-    code = f"from volumetricsr_training.cli import main; import sys; sys.exit(main({argv!r}))"
-    process = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN),  # as under nohup
-    )  # fmt: skip
+    # SIGHUP ignored, as under nohup
+    process = start_training_cli(argv, preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
     try:
-        wait_for_steps(process, tmp_path, 2)
+        wait_for_logged_steps(process, tmp_path, 2)
         process.send_signal(signal.SIGHUP)
-        wait_for_steps(process, tmp_path, logged_steps(tmp_path) + 3)  # still training
+        wait_for_logged_steps(process, tmp_path, logged_steps(tmp_path) + 3)  # still training
         process.send_signal(signal.SIGTERM)
         out, err = process.communicate(timeout=120)
     finally:

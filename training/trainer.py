@@ -355,8 +355,8 @@ class Trainer:
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
-        previous = {number: handler for number, handler in previous.items() if handler != signal.SIG_IGN}
+        handlers = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+        previous = {number: handler for number, handler in handlers.items() if handler != signal.SIG_IGN}
 
         def restore() -> None:
             for number, handler in previous.items():
