@@ -7,6 +7,7 @@ from __future__ import annotations
 import atexit
 import csv
 import functools
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 sys.path.insert(0, str(REPO / "VolumetricSR"))
 sys.path.insert(0, str(REPO))
-torch.set_num_threads(2)
+torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # CI also runs the suite on 1
 
 from VolumetricSRLib.network import TVSRN, TVSRNConfig  # noqa: E402  (after the path set-up above)
 
@@ -69,6 +70,24 @@ def linear_model_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     network = tiny_tvsrn(ratio=5, output="residual")
     folder = tmp_path_factory.mktemp("linear-model")
     return save_model(network, folder, id="linear-stand-in", name="Linear stand-in", trained=False)
+
+
+def assert_float32_close(
+    candidate: torch.Tensor, reference: torch.Tensor, exact: torch.Tensor, factor: float = 4.0
+) -> None:
+    """`candidate` and `reference` compute one function in float32 with their sums in other orders
+    (other chunks, kernels or vector widths); `exact` is that function in float64. The candidate may be
+    at most `factor` times as far from `exact` as the reference is, plus one float32 ulp of the
+    largest value: the tolerance is the rounding this CPU's float32 kernels make on these sizes, so it
+    holds on any CPU and thread count, while a real mistake (a wrong mask or chunk) is many times
+    larger than rounding."""
+    exact = exact.double()
+    rounding = (reference.double() - exact).abs().max().item()
+    ulp = torch.finfo(torch.float32).eps * exact.abs().max().item()
+    error = (candidate.double() - exact).abs().max().item()
+    assert error <= factor * rounding + ulp, (
+        f"float32 error {error:.3g} against float64 exceeds {factor} x the reference path's {rounding:.3g}"
+    )
 
 
 def tiny_tvsrn(**overrides) -> TVSRN:

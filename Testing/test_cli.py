@@ -27,7 +27,8 @@ from VolumetricSRLib.cli import build_parser, main, parameter_parts
 from VolumetricSRLib.cli_common import progress_bar, show_progress
 from VolumetricSRLib.geometry import thin_grid
 from VolumetricSRLib.intensity import to_int16_hu
-from VolumetricSRLib.network import TVSRN, TVSRNConfig, count_parameters
+from VolumetricSRLib.network import TVSRN, VARIANTS, TVSRNConfig, count_parameters
+from VolumetricSRLib.network_config import PAPER_PARAMETERS, SIZES
 from VolumetricSRLib.networks import build_network
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
 from VolumetricSRLib.predictor import PredictOptions, bf16_cpu_supported, super_resolve_hu
@@ -556,34 +557,43 @@ def test_without_a_bundled_model_the_error_says_how_to_get_one(
 # ---------------------------------------------------------------- summary
 
 
-def parse_table(text: str) -> dict[str, dict[str, int]]:
+def parse_table(text: str) -> dict[str, dict[str, float]]:
     lines = [line.split() for line in text.strip().splitlines()]
     header_index = next(i for i, line in enumerate(lines) if line[0] == "variant")
     columns = lines[header_index][1:]
     return {
-        line[0]: dict(zip(columns, (int(v.replace(",", "")) for v in line[1:]), strict=True))
+        line[0]: dict(zip(columns, (float(v.replace(",", "")) for v in line[1:]), strict=True))
         for line in lines[header_index + 1 :]
     }
 
 
-def test_summary_counts_every_variant_by_part(capsys: pytest.CaptureFixture) -> None:
+def test_summary_counts_every_variant_by_part_beside_the_paper(capsys: pytest.CaptureFixture) -> None:
     code, out, _ = cli(capsys, "summary")
     assert code == 0
     table = parse_table(out)
-    assert list(table) == ["full", "no_tab", "encoder_only", "vit"]
+    assert list(table) == [f"{size}:{variant}" for size in SIZES for variant in VARIANTS]
     for name, row in table.items():
-        assert sum(v for k, v in row.items() if k != "total") == row["total"], name
-    for variant in ("full", "no_tab", "encoder_only"):
-        assert table[variant]["total"] == count_parameters(TVSRN(TVSRNConfig.variant_defaults(variant)))
-    assert table["full"]["TAB"] > 0 and table["no_tab"]["TAB"] == 0
-    assert table["full"]["decoder"] == table["no_tab"]["decoder"] > 0
-    assert table["encoder_only"]["decoder"] == 0 and table["vit"]["TAB"] == 0
-    assert table["vit"]["encoder"] > 10 * table["full"]["encoder"]
+        parts = sum(v for k, v in row.items() if k not in ("total", "paper", "delta%"))
+        assert parts == row["total"], name
+        variant = name.split(":")[1]
+        assert row["paper"] == PAPER_PARAMETERS[variant]
+        assert row["delta%"] == pytest.approx(100 * (row["total"] / row["paper"] - 1), abs=0.05)
+    for size in SIZES:
+        for variant in ("full", "no_tab", "encoder_only"):
+            expected = count_parameters(TVSRN(TVSRNConfig.variant_defaults(variant, size)))
+            assert table[f"{size}:{variant}"]["total"] == expected
+    assert [table[f"paper:{v}"]["delta%"] for v in ("full", "no_tab", "encoder_only")] == [-0.6, -2.8, 1.4]
+    full, no_tab = table["compact:full"], table["compact:no_tab"]
+    assert full["TAB"] > 0 and no_tab["TAB"] == 0
+    assert full["decoder"] == no_tab["decoder"] > 0
+    assert table["paper:full"]["decoder"] == 7 / 4 * full["decoder"]
+    assert table["compact:encoder_only"]["decoder"] == 0 and table["compact:vit"]["TAB"] == 0
+    assert table["compact:vit"]["encoder"] > 10 * full["encoder"]
 
 
 def test_summary_of_one_variant_and_of_a_model_file(models: Path, capsys: pytest.CaptureFixture) -> None:
-    code, out, _ = cli(capsys, "summary", "--variant", "no_tab")
-    assert code == 0 and list(parse_table(out)) == ["no_tab"]
+    code, out, _ = cli(capsys, "summary", "--variant", "no_tab", "--size", "paper")
+    assert code == 0 and list(parse_table(out)) == ["paper:no_tab"]
 
     code, out, _ = cli(capsys, "summary", "--model", models / "tiny.json")
     assert code == 0

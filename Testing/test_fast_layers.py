@@ -3,11 +3,13 @@ first written, and where one token's change may reach in a shifted, padded layer
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 
-from conftest import shared_ct, tiny_tvsrn
+from conftest import assert_float32_close, shared_ct, tiny_tvsrn
 from VolumetricSRLib import network
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
 from VolumetricSRLib.network import TVSRN, SwinLayer, TVSRNConfig, reference_layers
@@ -27,37 +29,49 @@ def both_paths(net: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, tor
     return fast, reference
 
 
+def in_float64(net: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The network's function evaluated in float64 (the default layers; the copy leaves `net` as it is)."""
+    exact = copy.deepcopy(net).double()
+    with torch.inference_mode():
+        return exact(x.double())
+
+
 @pytest.mark.parametrize("variant", ["full", "no_tab", "encoder_only"])
 @pytest.mark.parametrize(("h", "w"), [(8, 8), (13, 21), (37, 45), (64, 40)])
 def test_default_layers_equal_the_reference_layers(variant: str, h: int, w: int) -> None:
     torch.manual_seed(1)
-    net = TVSRN(TVSRNConfig(variant=variant, channels=4, heads=4, encoder_layers=2, fim_layers=2)).eval()
-    fast, reference = both_paths(net, torch.rand(2, 4, h, w))
-    torch.testing.assert_close(fast, reference, rtol=0, atol=2e-5)
+    cfg = TVSRNConfig(variant=variant, channels=4, heads=4, encoder_layers=2, tab_layers=2, axial_layers=2)
+    net = TVSRN(cfg).eval()
+    x = torch.rand(2, 4, h, w)
+    fast, reference = both_paths(net, x)
+    assert_float32_close(fast, reference, in_float64(net, x))
 
 
 def test_chunks_without_autograd_equal_one_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
     net = tiny_tvsrn().eval()
     x = torch.rand(1, 4, 40, 48)
+    exact = in_float64(net, x)
     with torch.inference_mode():
         whole = net(x)
         monkeypatch.setitem(network.CHUNK_ELEMENTS, "cpu", 64)  # a few windows / tokens per chunk
         chunked = net(x)
-    torch.testing.assert_close(chunked, whole, rtol=0, atol=1e-6)
+    assert_float32_close(chunked, whole, exact)
 
 
 def test_gradients_of_the_default_layers_equal_the_reference() -> None:
     torch.manual_seed(2)
-    net = TVSRN(TVSRNConfig(channels=4, heads=2, encoder_layers=2, fim_layers=2)).train()
+    net = TVSRN(TVSRNConfig(channels=4, heads=2, encoder_layers=2, tab_layers=2, axial_layers=2)).train()
     x = torch.rand(2, 4, 21, 27)
+    exact_net = copy.deepcopy(net).double()
+    exact_net(x.double()).square().mean().backward()
     grads = []
     for reference in (False, True):
         net.zero_grad()
         with reference_layers(reference):
             net(x).square().mean().backward()
         grads.append([p.grad.clone() for p in net.parameters()])
-    for fast, slow in zip(*grads, strict=True):
-        torch.testing.assert_close(fast, slow, rtol=1e-4, atol=1e-7)
+    for fast, slow, exact in zip(*grads, [p.grad for p in exact_net.parameters()], strict=True):
+        assert_float32_close(fast, slow, exact)
 
 
 def sharing_windows(h: int, w: int, window: tuple[int, int], shift: tuple[int, int], i: int, j: int):

@@ -14,11 +14,13 @@ from VolumetricSRLib.network import (
     depth_interpolation_matrix,
     l1_loss,
 )
+from VolumetricSRLib.network_config import PAPER_PARAMETERS
 
 # TVSRNConfig.tiny with two layers and two heads per stage, and a ViT small enough for the vit variant
 GROWN = {
     "encoder_layers": 2,
-    "fim_layers": 2,
+    "tab_layers": 2,
+    "axial_layers": 2,
     "heads": 2,
     "vit_dim": 16,
     "vit_layers": 1,
@@ -84,10 +86,32 @@ def test_thin_slice_r_times_i_interpolates_to_input_slice_i() -> None:
     assert torch.allclose(matrix[7], torch.tensor([0.0, 0.6, 0.4, 0.0]))
 
 
-def test_paper_configuration_parameter_counts() -> None:
+def test_compact_configuration_parameter_counts() -> None:
     """The counts the README and the model card report (see the README's network summary)."""
     counts = {v: count_parameters(TVSRN(TVSRNConfig.variant_defaults(v))) for v in VARIANTS}
     assert counts == {"full": 1_061_633, "no_tab": 858_337, "encoder_only": 1_602_704, "vit": 19_449_344}
+
+
+def test_paper_size_is_within_five_percent_of_the_papers_three_counts() -> None:
+    counts = {
+        v: count_parameters(TVSRN(TVSRNConfig.variant_defaults(v, "paper")))
+        for v in ("full", "no_tab", "encoder_only")
+    }
+    assert counts == {"full": 1_719_865, "no_tab": 1_516_569, "encoder_only": 1_602_704}
+    for variant, count in counts.items():
+        assert abs(count / PAPER_PARAMETERS[variant] - 1) < 0.05, variant
+    cfg = TVSRNConfig.variant_defaults("full", "paper")
+    assert (cfg.encoder_layers, cfg.tab_layers, cfg.axial_layers) == (8, 4, 7)
+    with pytest.raises(ValueError, match="unknown size 'huge'"):
+        TVSRNConfig.variant_defaults("full", "huge")
+
+
+def test_tab_and_axial_depths_are_separate_and_old_cards_set_both() -> None:
+    net = TVSRN(TVSRNConfig.tiny(tab_layers=1, axial_layers=3))
+    assert len(net.fims[0].tab.stack.layers) == 1 and len(net.fims[0].axial.layers) == 3
+    card = {key: value for key, value in TVSRNConfig().to_dict().items() if not key.endswith("_layers")}
+    restored = TVSRNConfig.from_dict({**card, "encoder_layers": 4, "fim_layers": 3})
+    assert (restored.tab_layers, restored.axial_layers) == (3, 3)
 
 
 def test_bad_configs_are_refused_with_a_reason() -> None:
@@ -103,8 +127,9 @@ def test_bad_configs_are_refused_with_a_reason() -> None:
 
 def test_tiny_config_is_a_small_working_network_and_takes_overrides() -> None:
     cfg = TVSRNConfig.tiny(output="residual", ratio=3)
-    sizes = (cfg.channels, cfg.encoder_layers, cfg.fim_layers, cfg.window, cfg.heads, cfg.tab_fold)
-    assert sizes == (2, 1, 1, 4, 1, 2) and cfg.tab_window == (4, 4)
+    sizes = (cfg.channels, cfg.encoder_layers, cfg.tab_layers, cfg.axial_layers)
+    sizes += (cfg.window, cfg.heads, cfg.tab_fold)
+    assert sizes == (2, 1, 1, 1, 4, 1, 2) and cfg.tab_window == (4, 4)
     assert (cfg.variant, cfg.output, cfg.ratio, cfg.depth) == ("full", "residual", 3, 4)
     assert TVSRN(cfg)(torch.rand(1, 4, 8, 8)).shape == (1, 10, 8, 8)
     with pytest.raises(ValueError, match="divisible"):

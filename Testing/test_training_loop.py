@@ -84,8 +84,20 @@ class SignalAtStep:
         return self.sampler.batch(seed, rank, step, size)
 
 
+@pytest.fixture
+def heeded(request: pytest.FixtureRequest):
+    """The signal of the test with its default handler for the test's length: a suite started in the
+    background of a non-interactive shell inherits SIGINT ignored, and the trainer leaves ignored
+    signals ignored (as under nohup)."""
+    number = request.node.callspec.params["number"]
+    default = signal.default_int_handler if number == signal.SIGINT else signal.SIG_DFL
+    inherited = signal.signal(number, default)
+    yield number
+    signal.signal(number, inherited)
+
+
 @pytest.mark.parametrize("number", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_ends_the_step_writes_last_and_resumes_exactly(tmp_path, number):
+def test_a_stop_signal_ends_the_step_writes_last_and_resumes_exactly(tmp_path, number, heeded):
     whole = Trainer(tiny_config(tmp_path / "whole", log_every=3))
     whole.run()
     before = signal.getsignal(number)

@@ -10,6 +10,7 @@ import torch
 
 from VolumetricSRLib.architectures import label_of
 from VolumetricSRLib.network import count_parameters
+from VolumetricSRLib.network_config import PAPER_PARAMETERS
 from VolumetricSRLib.networks import build_network
 
 from .config import TrainConfig, load_config
@@ -19,10 +20,10 @@ SHARED_BUDGET = "compare_budget.toml"
 
 # config file -> parameters the papers report (None: no count in the RPLHR-CT paper nor in the sources we had)
 METHODS: dict[str, float | None] = {
-    "ablation_tvsrn_full.toml": 1.73e6,
-    "ablation_tvsrn_no_tab.toml": 1.56e6,
-    "ablation_tvsrn_encoder_only.toml": 1.58e6,
-    "ablation_tvsrn_vit.toml": 17.15e6,
+    "ablation_tvsrn_full.toml": PAPER_PARAMETERS["full"],
+    "ablation_tvsrn_no_tab.toml": PAPER_PARAMETERS["no_tab"],
+    "ablation_tvsrn_encoder_only.toml": PAPER_PARAMETERS["encoder_only"],
+    "ablation_tvsrn_vit.toml": PAPER_PARAMETERS["vit"],
     "baseline_resvox.toml": None,
     "baseline_mpunet.toml": None,
     "baseline_saint.toml": None,

@@ -34,6 +34,7 @@ from .device import DeviceError, describe_device, resolve_device, use_physical_c
 from .geometry import GeometryError, voxel_spacing
 from .model_cards import ModelCard
 from .network import TVSRN, VARIANTS, TVSRNConfig
+from .network_config import PAPER_PARAMETERS, SIZES
 from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
 from .study import StudyOptions, ThinStudy, super_resolve_study
 from .volume_io import (
@@ -186,11 +187,15 @@ def build_parser() -> argparse.ArgumentParser:
     summary = commands.add_parser(
         "summary",
         help="parameter counts of the network variants or of a model file",
-        description="Print the parameter counts of TVSRN variants (paper configurations) or of a model file, "
-        "per part: embedding, encoder, TAB, decoder (axial layers of the FIM) and head.",
+        description="Print the parameter counts of TVSRN variants at the compact and the paper size (beside "
+        "the counts the paper reports) or of a model file, per part: embedding, encoder, TAB, decoder (axial "
+        "layers of the FIM) and head.",
     )
     summary.add_argument(
         "--variant", choices=(*VARIANTS, "all"), default="all", help="variant (default: all)"
+    )
+    summary.add_argument(
+        "--size", choices=(*SIZES, "all"), default="all", help="network size (default: all)"
     )
     summary.add_argument("--model", help="model file (.safetensors or .json) or id of a bundled model")
     summary.set_defaults(handler=run_summary)
@@ -582,10 +587,14 @@ def run_summary(args: argparse.Namespace) -> int:
         print(_parts_table({card.id: parameter_parts(network)}))
         return 0
     variants = VARIANTS if args.variant == "all" else (args.variant,)
+    sizes = SIZES if args.size == "all" else (args.size,)
     rows = {}
-    for variant in variants:
-        with torch.device("meta"):  # shapes only: nothing is allocated
-            rows[variant] = parameter_parts(TVSRN(TVSRNConfig.variant_defaults(variant)))
+    for size in sizes:
+        for variant in variants:
+            with torch.device("meta"):  # shapes only: nothing is allocated
+                parts = parameter_parts(TVSRN(TVSRNConfig.variant_defaults(variant, size)))
+            paper = round(PAPER_PARAMETERS[variant])
+            rows[f"{size}:{variant}"] = {**parts, "paper": paper, "delta%": parts["total"] / paper - 1}
     print(_parts_table(rows))
     return 0
 
@@ -605,12 +614,19 @@ def parameter_parts(network: nn.Module) -> dict[str, int]:
     return counts
 
 
-def _parts_table(rows: dict[str, dict[str, int]]) -> str:
-    columns = [*PART_COLUMNS, *(["other"] if any("other" in row for row in rows.values()) else []), "total"]
+def _parts_table(rows: dict[str, dict[str, float]]) -> str:
+    """Counts per part and total; the paper's count and the relative difference where rows have them."""
+    extra = ["other"] if any("other" in row for row in rows.values()) else []
+    versus = ["paper", "delta%"] if any("paper" in row for row in rows.values()) else []
+    columns = [*PART_COLUMNS, *extra, "total", *versus]
     width = max(len("variant"), *(len(name) for name in rows))
     lines = [f"{'variant':<{width}}" + "".join(f"{column:>12}" for column in columns)]
     for name, row in rows.items():
-        lines.append(f"{name:<{width}}" + "".join(f"{row.get(column, 0):>12,}" for column in columns))
+        cells = [
+            f"{100 * row[column]:>+12.1f}" if column == "delta%" else f"{row.get(column, 0):>12,}"
+            for column in columns
+        ]
+        lines.append(f"{name:<{width}}" + "".join(cells))
     return "\n".join(lines)
 
 

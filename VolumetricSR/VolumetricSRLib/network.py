@@ -317,7 +317,7 @@ class ThroughPlaneAttention(nn.Module):
         super().__init__()
         self.fold = cfg.tab_fold
         dim = cfg.channels * cfg.tab_fold
-        self.stack = SwinStack(dim, cfg.heads, cfg.tab_window, cfg.fim_layers, cfg.mlp_ratio)
+        self.stack = SwinStack(dim, cfg.heads, cfg.tab_window, cfg.tab_layers, cfg.mlp_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, D', C) with H and W multiples of the fold."""
@@ -337,7 +337,7 @@ class FeatureInteraction(nn.Module):
         super().__init__()
         self.tab = ThroughPlaneAttention(cfg) if cfg.variant == "full" else None
         dim = cfg.channels * cfg.thin_depth
-        self.axial = SwinStack(dim, cfg.heads, (cfg.window, cfg.window), cfg.fim_layers, cfg.mlp_ratio)
+        self.axial = SwinStack(dim, cfg.heads, (cfg.window, cfg.window), cfg.axial_layers, cfg.mlp_ratio)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, H, W, D', C)."""

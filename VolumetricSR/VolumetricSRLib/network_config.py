@@ -6,6 +6,17 @@ from dataclasses import asdict, dataclass, fields
 
 VARIANTS = ("full", "no_tab", "encoder_only", "vit")
 OUTPUTS = ("direct", "residual")
+SIZES = ("compact", "paper")
+PAPER_PARAMETERS = {"full": 1.73e6, "no_tab": 1.56e6, "encoder_only": 1.58e6, "vit": 17.15e6}
+"""Parameter counts the RPLHR-CT paper reports for TVSRN and its ablation variants (Table 1)."""
+
+PAPER_DEPTHS = {"encoder_layers": 8, "tab_layers": 4, "axial_layers": 7}
+"""Layer counts of the `paper` size. The paper's text (4 encoder, 4 TAB, 4 axial Swin layers) gives
+1.06M parameters and its authors' code (4 encoder, 4 TAB, 8 axial) 1.86M; neither meets the reported
+1.73M / 1.56M / 1.58M. Of all stacks of 1-8 layers with the paper's widths, windows and MLP ratio,
+8 encoder + 4 TAB + 7 axial layers comes closest to all three counts at once (-0.6 %, -2.8 %, +1.4 %):
+the paper's TAB depth, the encoder depth the paper gives its encoder-only variant, and the authors'
+axial stack one layer short."""
 
 
 @dataclass(frozen=True)
@@ -18,7 +29,8 @@ class TVSRNConfig:
     channels: int = 8
     encoder_layers: int = 4
     fim_count: int = 1
-    fim_layers: int = 4
+    tab_layers: int = 4
+    axial_layers: int = 4
     window: int = 8
     heads: int = 8
     mlp_ratio: float = 4.0
@@ -67,6 +79,13 @@ class TVSRNConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> TVSRNConfig:
+        """The config a dictionary describes; `fim_layers` (cards written before the TAB and the axial
+        stack had depths of their own) sets both."""
+        data = dict(data)
+        if "fim_layers" in data:
+            layers = data.pop("fim_layers")
+            data.setdefault("tab_layers", layers)
+            data.setdefault("axial_layers", layers)
         known = {f.name for f in fields(cls)}
         unknown = set(data) - known
         if unknown:
@@ -74,9 +93,15 @@ class TVSRNConfig:
         return cls(**data)
 
     @classmethod
-    def variant_defaults(cls, variant: str, **overrides) -> TVSRNConfig:
-        """The paper's configuration of each ablation variant."""
+    def variant_defaults(cls, variant: str, size: str = "compact", **overrides) -> TVSRNConfig:
+        """Each ablation variant as the paper describes it, at the `compact` size (the paper's text:
+        4 TAB and 4 axial layers, 1.06M for TVSRN) or the `paper` size (PAPER_DEPTHS: the reported
+        parameter counts)."""
+        if size not in SIZES:
+            raise ValueError(f"unknown size {size!r}; choose one of {SIZES}")
         base: dict = {"variant": variant}
+        if size == "paper" and variant in ("full", "no_tab"):
+            base.update(PAPER_DEPTHS)
         if variant == "encoder_only":
             base.update(channels=32, encoder_layers=8)
         elif variant == "vit":
@@ -90,7 +115,8 @@ class TVSRNConfig:
         base: dict = {
             "channels": 2,
             "encoder_layers": 1,
-            "fim_layers": 1,
+            "tab_layers": 1,
+            "axial_layers": 1,
             "window": 4,
             "heads": 1,
             "tab_fold": 2,
