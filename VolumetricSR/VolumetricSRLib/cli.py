@@ -31,8 +31,8 @@ from .architectures import label_of
 from .batch import Outcome, Ranks, Study, gather_outcomes, plan_studies, rank_share, summary_table
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .device import DeviceError, describe_device, resolve_device, use_physical_cores
-from .geometry import GeometryError, voxel_spacing
-from .model_cards import ModelCard
+from .geometry import GeometryError, thick_axis, voxel_spacing
+from .model_cards import ModelCard, model_for_slices
 from .network import TVSRN, VARIANTS, TVSRNConfig
 from .network_config import PAPER_PARAMETERS, SIZES
 from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
@@ -272,7 +272,7 @@ def run_predict(args: argparse.Namespace) -> int:
     output = check_output_path(source, target, args.overwrite, args.format)
     use_physical_cores()
     volume = read_volume(source, args.series)
-    engine = _load_engine(args, Ranks())
+    engine = _Engines(args, Ranks()).for_volume(volume)
     study, seconds = _super_resolve(args, engine, volume, source, target)
     _report(args, engine, study, seconds, output, volume)
     return 0
@@ -287,28 +287,48 @@ class _Engine:
     options: StudyOptions
 
 
-def _load_engine(args: argparse.Namespace, ranks: Ranks) -> _Engine:
-    """The device (this rank's GPU under torchrun), the model and the study options of a run."""
-    device = resolve_device(_device_of_rank(args.device, ranks))
-    model_path = args.model if args.model is not None else default_model_path()
-    if model_path is None:
-        raise NoModelError()
-    model, card = load_model(model_path, device="cpu", allow_untrained=args.allow_untrained)
-    if not card.trained:
-        warnings.warn(
-            f"{card.id} holds untrained weights: the output is not a super-resolved CT", stacklevel=1
+class _Engines:
+    """The models of a run, each loaded once: --model for every study, or per study the bundled model
+    made for its slice thickness (`model_for_slices`)."""
+
+    def __init__(self, args: argparse.Namespace, ranks: Ranks) -> None:
+        self.args = args
+        device = resolve_device(_device_of_rank(args.device, ranks))
+        predict = PredictOptions(
+            device=str(device),
+            tile=args.tile,
+            tile_overlap=args.overlap,
+            depth_overlap=args.depth_overlap,
+            batch=args.batch,
+            amp=args.amp,
+            cpu_bf16=args.cpu_bf16,
+            depth_blend=args.depth_blend,
         )
-    predict = PredictOptions(
-        device=str(device),
-        tile=args.tile,
-        tile_overlap=args.overlap,
-        depth_overlap=args.depth_overlap,
-        batch=args.batch,
-        amp=args.amp,
-        cpu_bf16=args.cpu_bf16,
-        depth_blend=args.depth_blend,
-    )
-    return _Engine(model, card, StudyOptions(predict, args.spacing, args.enforce_consistency))
+        self.options = StudyOptions(predict, args.spacing, args.enforce_consistency)
+        self.loaded: dict[str, _Engine] = {}
+        # a bad --model, or no model at all, fails the run before its first study
+        if args.model is not None:
+            self._engine(args.model)
+        elif default_model_path() is None:
+            raise NoModelError()
+
+    def for_volume(self, volume: Volume) -> _Engine:
+        """The engine of one study."""
+        if self.args.model is not None:
+            return self._engine(self.args.model)
+        slice_mm = float(voxel_spacing(volume.affine)[::-1][thick_axis(volume.affine)])
+        return self._engine(model_for_slices(slice_mm, self.args.spacing))
+
+    def _engine(self, model_path: str | Path) -> _Engine:
+        key = str(model_path)
+        if key not in self.loaded:
+            model, card = load_model(model_path, device="cpu", allow_untrained=self.args.allow_untrained)
+            if not card.trained:
+                warnings.warn(
+                    f"{card.id} holds untrained weights: the output is not a super-resolved CT", stacklevel=1
+                )
+            self.loaded[key] = _Engine(model, card, self.options)
+        return self.loaded[key]
 
 
 def _device_of_rank(requested: str, ranks: Ranks) -> str:
@@ -382,12 +402,20 @@ def _report(
     print(f"wrote {output}: {i} x {j} x {k} voxels, spacing {' x '.join(f'{s:.3f}' for s in spacing)} mm")
     axis = f" along array axis {study.slice_axis}" if study.slice_axis else ""
     print(f"super-resolved {thick_slices} -> {thin_slices} slices{axis} in {seconds:.1f} s on {ran_on}")
+    print(f"model: {engine.card.id} (x{engine.card.ratio}, {_made_for(engine.card)})")
     if study.resampling is not None:
         print(f"slices resampled: {study.resampling}")
     if check is not None:
         print(check.line())
     if peak is not None:
         print(f"peak memory (resident): {peak / 2**30:.2f} GiB")
+
+
+def _made_for(card: ModelCard) -> str:
+    """What a model was made for, in a few words."""
+    if card.thick_spacing_mm and card.thin_spacing_mm:
+        return f"made for {card.thick_spacing_mm:g} mm slices into {card.thin_spacing_mm:g} mm"
+    return "no slice thickness on its card"
 
 
 def _write_thin(
@@ -438,11 +466,11 @@ def _predict_many(args: argparse.Namespace) -> int:
     studies = plan_studies([Path(path) for path in args.paths], output_dir, dicom=args.format == "dicom")
     mine = rank_share(studies, ranks)
     use_physical_cores()
-    engine = _load_engine(args, ranks)
+    engines = _Engines(args, ranks)
     outcomes: list[Outcome] = []
     for n, study in enumerate(mine, 1):
         try:
-            outcomes.append(_one_study(args, engine, study, f"{n}/{len(mine)}", ranks))
+            outcomes.append(_one_study(args, engines, study, f"{n}/{len(mine)}", ranks))
         except _StudyInterrupted as interrupt:
             message = _interrupted_message(outcomes, interrupt, output_dir)
             return _fail(message, INTERRUPTED, args.progress == "json")
@@ -492,7 +520,9 @@ def _interrupted_message(done: list[Outcome], interrupt: _StudyInterrupted, outp
     return f"{current}; {studies} written to {output_dir} in this run"
 
 
-def _one_study(args: argparse.Namespace, engine: _Engine, study: Study, place: str, ranks: Ranks) -> Outcome:
+def _one_study(
+    args: argparse.Namespace, engines: _Engines, study: Study, place: str, ranks: Ranks
+) -> Outcome:
     """Run one study of many; any failure but an interrupt becomes a "failed" outcome (an interrupt
     becomes _StudyInterrupted, which says whether the study's output was written)."""
     name = str(study.input)
@@ -509,6 +539,7 @@ def _one_study(args: argparse.Namespace, engine: _Engine, study: Study, place: s
         try:
             check_output_path(study.input, target, args.overwrite, args.format)
             volume = read_volume(study.input, args.series)
+            engine = engines.for_volume(volume)
             result, seconds = _super_resolve(args, engine, volume, study.input, target)
             written = True
             if not as_json:

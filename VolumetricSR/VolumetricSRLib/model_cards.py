@@ -255,3 +255,29 @@ def default_model_path() -> Path | None:
             f"{marker.name} names one; choose one with --model or write its id into {marker}"
         )
     return trained[0][0] if trained else None
+
+
+SAME_THICKNESS = 0.1
+"""Relative difference up to which a scan's slices count as the thickness a model was trained for."""
+
+
+def model_for_slices(slice_mm: float, thin_mm: float | None = None) -> Path | None:
+    """Card of the bundled model for a scan of `slice_mm` slices, made into `thin_mm` slices (None: the
+    default model's thin spacing): a trained model made for that thickness (within SAME_THICKNESS),
+    else one whose own grid (slice_mm / ratio) lands on every n-th thin slice exactly (2.5 mm with a
+    x5 model: 0.5 mm, every second one on 1 mm), else the default model. The default wins ties."""
+    default = default_model_path()
+    if default is None:
+        return None
+    cards = sorted(_bundled_cards(), key=lambda item: (item[0] != default, item[0].name))
+    trained = [(path, card) for path, card in cards if card.trained and card.thick_spacing_mm]
+    for path, card in trained:
+        if abs(slice_mm / card.thick_spacing_mm - 1) <= SAME_THICKNESS:
+            return path
+    target = thin_mm if thin_mm is not None else read_card(default).thin_spacing_mm
+    if target:
+        for path, card in trained:
+            steps = target / (slice_mm / card.ratio)
+            if steps >= 1 and abs(steps - round(steps)) <= 0.01 * steps:
+                return path
+    return default
