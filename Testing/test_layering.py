@@ -56,6 +56,8 @@ def test_the_mrml_adapter_imports_no_qt_and_no_torch(path: Path) -> None:
         "volume_io.py",
         "geometry.py",
         "atomic.py",
+        "output_plan.py",
+        "checks.py",
     ],
 )
 def test_what_the_gui_process_loads_of_the_core_needs_no_torch(name: str) -> None:

@@ -9,6 +9,7 @@ process (Slicer's own Python running the core's command line): this process neve
 import importlib.metadata
 import logging
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
@@ -38,7 +39,9 @@ from VolumetricSRLib.model_cards import (
     read_card,
     resolve_card_path,
 )
+from VolumetricSRMRML.apply_guard import ARM_SECONDS, ApplyGuard
 from VolumetricSRMRML.processing import (
+    DEVICE_QUERY_SECONDS,
     RunSettings,
     SuperResolutionJob,
     SuperResolutionResult,
@@ -153,6 +156,8 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._job: SuperResolutionJob | None = None
         self._installing = False
         self._deviceQuery: ChildRun | None = None
+        self._deviceQueryStarted = 0.0
+        self._applyGuard = ApplyGuard()
         self._timer = qt.QTimer()
         self._timer.setInterval(POLL_MILLISECONDS)
         self._timer.connect("timeout()", self._onTimer)
@@ -252,6 +257,7 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         try:
             self._deviceQuery = self.logic.startDeviceQuery()
+            self._deviceQueryStarted = time.monotonic()
         except ChildError as error:
             self.ui.deviceInfoLabel.text = str(error)
             return
@@ -305,12 +311,19 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.advancedCollapsibleButton.enabled = not running
         self.ui.reviewCollapsibleButton.enabled = not running
         self.ui.applyButton.text = _("Cancel") if running else _("Apply")
-        self.ui.applyButton.enabled = True
-        if running:
+        if running:  # Cancel is armed a moment later: a double click on Apply must not cancel the run
+            self._applyGuard.started(time.monotonic())
+            self.ui.applyButton.enabled = False
+            qt.QTimer.singleShot(round(1000 * ARM_SECONDS), self._armCancel)
             self.ui.progressBar.value = 0
             self.ui.statusLabel.text = ""
         else:
+            self.ui.applyButton.enabled = True
             self._updateButtons()
+
+    def _armCancel(self) -> None:
+        if self._job is not None:
+            self.ui.applyButton.enabled = True
 
     def _onProgress(self, fraction: float, message: str) -> None:
         self.ui.progressBar.value = round(100 * fraction)
@@ -319,6 +332,8 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         """Apply: start the child process; Cancel while it runs: kill it at once."""
         if self._job is not None:  # the timer stops by itself once nothing is pending
+            if not self._applyGuard.cancel_allowed(time.monotonic()):
+                return  # the second click of a double click on Apply
             self._job.cancel()
             self._job = None
             self._setRunning(False)
@@ -353,6 +368,12 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._deviceQuery is not None and self._deviceQuery.finished:
             self.ui.deviceInfoLabel.text = self.logic.rememberDeviceQuery(self._deviceQuery)
             self._deviceQuery = None
+        elif self._deviceQuery is not None and self._deviceQueryOverdue():
+            self._deviceQuery.kill()
+            self._deviceQuery = None
+            self.ui.deviceInfoLabel.text = _(
+                "The GPU check did not answer in {seconds:.0f} s; 'auto' still uses a GPU if it finds one."
+            ).format(seconds=DEVICE_QUERY_SECONDS)
         if self._job is not None:
             try:
                 result = self._job.poll(self._onProgress)
@@ -368,15 +389,25 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.ui.statusLabel.text = result.summary()
                 logging.info(f"VolumetricSR: {result.summary()}")
                 if self._parameterNode is not None and self._parameterNode.showReview:
-                    with slicer.util.tryWithErrorDisplay(_("The review cannot be shown.")):
-                        self.logic.showReview(self._parameterNode.inputVolume, result.output)
+                    if self.parent.isEntered:
+                        with slicer.util.tryWithErrorDisplay(_("The review cannot be shown.")):
+                            self.logic.showReview(self._parameterNode.inputVolume, result.output)
+                    else:  # the user is in another module now: leave the layout alone
+                        self.ui.statusLabel.text += _(" (Show thick / thin review brings up the review.)")
         if self._job is None and self._deviceQuery is None:
             self._timer.stop()
 
+    def _deviceQueryOverdue(self) -> bool:
+        return time.monotonic() - self._deviceQueryStarted > DEVICE_QUERY_SECONDS
+
     def _showFailure(self, error: Exception) -> None:
-        """The one-line reason in the status line and a dialog; the details in the log."""
+        """The one-line reason in the status line and a dialog whose details hold the child's last lines
+        (every line of the child is in the application log already)."""
         self.ui.statusLabel.text = _("Failed: {error}").format(error=error)
-        slicer.util.errorDisplay(_("Super-resolution failed.\n\n{error}").format(error=error))
+        details = getattr(error, "details", "") or None
+        slicer.util.errorDisplay(
+            _("Super-resolution failed.\n\n{error}").format(error=error), detailedText=details
+        )
         logging.error(f"VolumetricSR failed: {error}")
 
     def _askHardenTransform(self, inputVolume) -> bool:
@@ -411,6 +442,10 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._installing = True
         self.ui.applyButton.enabled = False
         self.ui.inputsCollapsibleButton.enabled = False
+        self.ui.statusLabel.text = _("Installing {packages}: this can take several minutes...").format(
+            packages=", ".join(missing)
+        )
+        slicer.app.processEvents()
         try:
             with slicer.util.tryWithErrorDisplay(
                 _("Installing the Python packages failed."), waitCursor=True
@@ -790,6 +825,7 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
             )
             return
         self.delayDisplay("Super-resolving in a child process")
+        torchBefore = "torch" in sys.modules
         result = logic.process(thick, device="CPU", showReview=slicer.app.layoutManager() is not None)
 
         thin = result.output
@@ -800,7 +836,8 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
             slicer.util.arrayFromVTKMatrix(matrix), thin_grid(ijkToRas, 9, 5).affine, atol=1e-9
         )
         np.testing.assert_array_equal(slicer.util.arrayFromVolume(thick), voxels)
-        self.assertNotIn("torch", sys.modules)
+        # the run itself loads no torch here (installing PyTorch through PyTorch Utils may have)
+        self.assertEqual("torch" in sys.modules, torchBefore)
         self.assertEqual(thin.GetDisplayNode().GetWindow(), 400.0)
         self.assertEqual(thin.GetDisplayNode().GetLevel(), 40.0)
         self.assertEqual(provenance(thin)["SourceNodeID"], thick.GetID())

@@ -5,6 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 
+class InputError(ValueError):
+    """The input volume or the options cannot be used; the message says why and what to do."""
+
+
 def is_whole_number(value: object) -> bool:
     """A Python or numpy integer, but not a bool."""
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

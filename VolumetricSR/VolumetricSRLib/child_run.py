@@ -3,13 +3,16 @@
 Imports neither torch nor anything of Slicer, so that Slicer's GUI process can use it. The child
 writes one JSON object per line on stdout (`volumetricsr ... --progress json`): `{"event":
 "progress", "fraction", "message"}`, `{"event": "fallback", "message"}`, `{"event": "done", ...}`
-or `{"event": "error", "message"}`. Lines that are not JSON objects and stderr are kept as a log.
+or `{"event": "error", "message"}`. Lines that are not JSON objects and stderr are kept as a log, and
+each stderr line goes to a `logging` logger as it comes (in Slicer: the application log), so that
+tracebacks and warnings reach a bug report.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import queue
 import shutil
@@ -26,10 +29,16 @@ CORE_PARENT = Path(__file__).resolve().parents[1]
 
 KILL_WAIT_SECONDS = 1.0
 LOG_LINES = 200
+DETAIL_LINES = 30
 
 
 class ChildError(RuntimeError):
-    """The child process failed; the message is the child's own one-line reason."""
+    """The child process failed; the message is the child's own one-line reason, `details` its last
+    lines of output (for an error dialog's details)."""
+
+    def __init__(self, message: str, details: str = "") -> None:
+        super().__init__(message)
+        self.details = details
 
 
 def slicer_python() -> str | None:
@@ -53,7 +62,14 @@ class ChildRun:
     Slicer, the main thread, from a timer).
     """
 
-    def __init__(self, command: Sequence[str], env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        command: Sequence[str],
+        env: Mapping[str, str] | None = None,
+        log: logging.Logger | None = None,
+    ) -> None:
+        """Start `command`; `log` receives every stderr line (errors as errors, warnings as warnings)."""
+        self._logger = log
         environment = dict(os.environ if env is None else env)
         path = environment.get("PYTHONPATH", "")
         environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(CORE_PARENT), path) if p)
@@ -110,11 +126,12 @@ class ChildRun:
     def kill(self) -> None:
         """Kill the child and every process it started; returns once they are gone (about 1 s at most)."""
         if self._process.poll() is None:
-            if os.name == "nt":
+            if os.name == "nt":  # the whole tree, without a console window flashing up
                 subprocess.run(
                     ["taskkill", "/F", "/T", "/PID", str(self._process.pid)],
                     capture_output=True,
                     check=False,
+                    creationflags=subprocess.CREATE_NO_WINDOW,
                 )
             else:
                 with contextlib.suppress(ProcessLookupError):  # already gone
@@ -135,10 +152,16 @@ class ChildRun:
         last = next((line for line in reversed(self.log) if line.strip()), "")
         return last or f"the super-resolution process stopped with exit code {self.returncode}"
 
+    def last_lines(self, count: int = DETAIL_LINES) -> str:
+        """The child's last `count` lines of text output (stderr and non-JSON stdout)."""
+        return "\n".join(list(self.log)[-count:])
+
     def _read(self, stream, parse: bool) -> None:
         for line in stream:
             line = line.rstrip("\r\n")
             event = _json_event(line) if parse else None
+            if not parse and self._logger is not None and line.strip():
+                _log_line(self._logger, line)
             if event is None:
                 self.log.append(line)
             else:
@@ -146,6 +169,16 @@ class ChildRun:
                     self.log.append(f"error: {event.get('message', '')}")
                 self._events.put(event)
         stream.close()
+
+
+def _log_line(logger: logging.Logger, line: str) -> None:
+    """One stderr line of the child at the level its prefix says."""
+    if line.startswith("error: ") or line.startswith("Traceback"):
+        logger.error(f"child: {line}")
+    elif line.startswith("warning: "):
+        logger.warning(f"child: {line}")
+    else:
+        logger.info(f"child: {line}")
 
 
 def _json_event(line: str) -> dict | None:

@@ -25,7 +25,7 @@ from torch import nn
 
 from . import geometry
 from .allocator import reuse_freed_memory
-from .checks import is_whole_number
+from .checks import InputError, is_whole_number
 from .device import describe_device, resolve_device
 from .intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 
@@ -65,10 +65,6 @@ class PredictOptions:
 
 class WindowWarning(UserWarning):
     """Some input voxels lie outside the model's HU window and are clipped to it."""
-
-
-class InputError(ValueError):
-    """The input volume or the options cannot be used; the message says why and what to do."""
 
 
 class PredictionCancelled(Exception):

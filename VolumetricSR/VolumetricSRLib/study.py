@@ -23,14 +23,12 @@ from torch import nn
 
 from .consistency import Consistency, check_consistency, enforce_consistency, slab_of
 from .fallback import super_resolve_with_fallback
-from .geometry import GeometryError, SpacingWarning, slice_axis_first, spaced_grid, thick_axis, voxel_spacing
+from .geometry import slice_axis_first, spaced_grid, thick_axis, voxel_spacing
 from .intensity import to_int16_hu
 from .model_cards import ModelCard
-from .predictor import InputError, PredictOptions
-from .slice_resampling import SAME_SPACING, is_native_spacing, resample_slices, resampling_positions
-
-MIN_CHECKED_SLICES = 3
-"""Thick slices the consistency check needs: the first and last have only half a slab on the thin grid."""
+from .output_plan import MIN_CHECKED_SLICES, plan_output
+from .predictor import PredictOptions
+from .slice_resampling import resample_slices, resampling_positions
 
 
 @dataclass(frozen=True)
@@ -67,18 +65,11 @@ def super_resolve_study(
     progress: Callable[[float, str], None] | None = None,
 ) -> ThinStudy:
     """Super-resolve a thick (K, J, I) HU volume whose slice axis may be any array axis."""
-    if options.enforce_consistency and card.ratio % 2 == 0:
-        raise InputError(
-            f"enforcing consistency (--enforce-consistency) needs an odd ratio (each thick slice on a thin "
-            f"one); {card.id} is x{card.ratio}: choose an odd-ratio model or do not enforce consistency"
-        )
     axis = thick_axis(affine)
     thick_hu, thick_affine = slice_axis_first(np.asarray(hu), affine, axis)
     input_mm = float(voxel_spacing(thick_affine)[2])
-    target = output_spacing(input_mm, card, options.spacing_mm)
+    target = plan_output(thick_hu.shape[0], input_mm, card, options.spacing_mm, options.enforce_consistency)
     native_mm = input_mm / card.ratio
-    if options.enforce_consistency:
-        _check_enforceable(thick_hu.shape[0], input_mm, card.ratio, target, options.spacing_mm)
     thin, thin_affine, used, fallbacks = super_resolve_with_fallback(
         model,
         thick_hu,
@@ -103,61 +94,6 @@ def super_resolve_study(
             consistency = consistency.on_model_grid(native_mm)
     out, out_affine = slice_axis_first(thin_hu, thin_affine, axis)
     return ThinStudy(np.ascontiguousarray(out), out_affine, consistency, used, fallbacks, axis, resampling)
-
-
-def output_spacing(input_mm: float, card: ModelCard, requested_mm: float | None) -> float | None:
-    """The spacing to resample the model's slices to, or None to keep the model's own (input / r).
-
-    `requested_mm` must be finer than the input; without it the card's thin spacing is used when it
-    is finer than the input (else the model's grid: the predictor refuses inputs that thin anyway).
-    Output slices finer than the model's are interpolated, and a warning says so.
-    """
-    native_mm = input_mm / card.ratio
-    if requested_mm is not None:
-        if not np.isfinite(requested_mm) or requested_mm <= 0:
-            raise GeometryError(f"--spacing must be a positive number of mm, got {requested_mm!r}")
-        if requested_mm >= input_mm * (1 - SAME_SPACING):
-            raise GeometryError(
-                f"--spacing {requested_mm:g} mm is not finer than the input's {input_mm:.4g} mm slices; "
-                f"choose a spacing below {input_mm:.4g} mm (the model makes {native_mm:.4g} mm slices)"
-            )
-        target = requested_mm
-    elif card.thin_spacing_mm is not None and card.thin_spacing_mm < input_mm * (1 - SAME_SPACING):
-        target = float(card.thin_spacing_mm)
-    else:
-        return None
-    if is_native_spacing(native_mm, target):
-        return None
-    if target < native_mm:
-        warnings.warn(
-            f"output slices {target:.4g} mm apart are finer than the model's {native_mm:.4g} mm "
-            f"({input_mm:.4g} mm / {card.ratio}): the slices between the model's are cubic-interpolated",
-            SpacingWarning,
-            stacklevel=2,
-        )
-    return target
-
-
-def _check_enforceable(
-    thick_slices: int, input_mm: float, ratio: int, target_mm: float | None, requested_mm: float | None
-) -> None:
-    """Refuse --enforce-consistency where it cannot hold in the output: no full slab to correct, or an
-    output resampled off the model's grid (which would undo the correction)."""
-    if thick_slices < MIN_CHECKED_SLICES:
-        raise InputError(
-            f"enforcing consistency (--enforce-consistency) needs at least {MIN_CHECKED_SLICES} thick slices "
-            f"(a full slab of thin slices between the first and the last); the input has {thick_slices}: "
-            "do not enforce consistency"
-        )
-    if target_mm is not None:
-        native_mm = input_mm / ratio
-        instead = "" if requested_mm is None else f" instead of {requested_mm:g} mm"
-        raise InputError(
-            f"enforcing consistency (--enforce-consistency) corrects the model's own {native_mm:.4g} mm "
-            f"slices (input {input_mm:.4g} mm / {ratio}), but the output would be resampled to "
-            f"{target_mm:.4g} mm, which undoes the correction; set the output spacing to {native_mm:.4g} mm"
-            f"{instead} (--spacing {native_mm:.4g}) to keep the model's slices, or do not enforce consistency"
-        )
 
 
 def _checked(

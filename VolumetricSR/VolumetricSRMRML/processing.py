@@ -10,18 +10,23 @@ existing output node untouched, and no temporary files. This module never import
 
 from __future__ import annotations
 
+import logging
 import shutil
 import tempfile
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import slicer
+import vtk
 
 from VolumetricSRLib.child_run import ChildError, ChildRun, core_command, slicer_python
-from VolumetricSRLib.geometry import voxel_spacing
+from VolumetricSRLib.geometry import SpacingWarning, thick_axis, voxel_spacing
+from VolumetricSRLib.model_cards import model_for_slices, read_card, resolve_card_path
+from VolumetricSRLib.output_plan import plan_output
 from VolumetricSRLib.volume_io import read_volume, write_volume
 
 from .volume_nodes import (
@@ -43,6 +48,12 @@ from .volume_nodes import (
 
 POLL_SECONDS = 0.02
 DEVICE_QUERY_SECONDS = 120.0
+REMOVE_SECONDS = 3.0
+"""Seconds the temporary folder's removal is retried (Windows: a killed child's files stay locked)."""
+SPACE_MARGIN = 1.2
+"""Free space the temporary folder needs, as a multiple of the input and output files' expected size."""
+
+log = logging.getLogger("VolumetricSR")
 
 
 class SuperResolutionCancelled(Exception):
@@ -82,6 +93,25 @@ class RunSettings:
         if self.enforce_consistency:
             arguments.append("--enforce-consistency")
         return arguments
+
+    def check(self, affine: np.ndarray, shape: tuple[int, int, int]) -> int:
+        """Refuse, before any process starts, what the child would refuse about the output (a spacing
+        not finer than the input's, consistency that cannot be enforced), in the command line's words;
+        the number of output voxels to expect. GeometryError, InputError or ModelFileError."""
+        axis = thick_axis(affine)
+        input_mm = float(voxel_spacing(affine)[2 - axis])
+        if self.model:
+            card_path = resolve_card_path(self.model)
+        else:
+            card_path = model_for_slices(input_mm, self.spacing_mm)
+        if card_path is None:  # no model at all: the child says so
+            return int(np.prod(shape))
+        card = read_card(card_path)
+        with warnings.catch_warnings():  # the child reports interpolated slices itself
+            warnings.simplefilter("ignore", SpacingWarning)
+            target = plan_output(shape[axis], input_mm, card, self.spacing_mm, self.enforce_consistency)
+        out_mm = target or input_mm / card.ratio
+        return int(np.prod(shape) // shape[axis] * (round((shape[axis] - 1) * input_mm / out_mm) + 1))
 
 
 @dataclass(frozen=True)
@@ -133,20 +163,27 @@ class SuperResolutionJob:
         self._harden = harden_transform
         self._affine = volume_geometry(input_node, harden_transform)
         voxels = volume_array(input_node)
+        output_voxels = settings.check(self._affine, voxels.shape)
         self.warnings: list[str] = []
         self.fallbacks: list[str] = []
         self._done: dict | None = None
         self._run: ChildRun | None = None
+        self._removed: str | None = None
         interpreter = child_python(python)
-        self.folder = Path(tempfile.mkdtemp(prefix="VolumetricSR-"))
+        parent = temporary_parent()
+        check_free_space(parent, SPACE_MARGIN * (voxels.nbytes + 2 * output_voxels))
+        self.folder = Path(tempfile.mkdtemp(prefix="VolumetricSR-", dir=parent))
+        self._scene = input_node.GetScene()
+        self._observer = self._scene.AddObserver(slicer.vtkMRMLScene.NodeRemovedEvent, self._on_node_removed)
         try:
             thick, self._thin_path = self.folder / "thick.nrrd", self.folder / "thin.nrrd"
             write_volume(thick, voxels, self._affine, compress=False)
             del voxels
             arguments = ["predict", thick, self._thin_path, "--progress", "json", "--no-compress"]
             arguments += settings.arguments()
-            self._run = ChildRun(core_command(interpreter, arguments))
+            self._run = ChildRun(core_command(interpreter, arguments), log=log)
         except BaseException:
+            self._stop_observing()
             self._remove_folder()
             raise
 
@@ -159,8 +196,14 @@ class SuperResolutionJob:
         """Forward the child's progress; the result once it has finished, else None.
 
         Raises ChildError with the child's one-line message when it failed (out of memory, a
-        missing model, bad input); the temporary folder is gone by then.
+        missing model, bad input), SuperResolutionCancelled when the input or output node left the
+        scene (the child was killed at once); the temporary folder is gone by then.
         """
+        if self._removed is not None:
+            raise SuperResolutionCancelled(
+                f"the {self._removed} volume was removed from the scene, so super-resolution was cancelled; "
+                "nothing was added"
+            )
         finished = self._run.finished
         for event in self._run.poll():
             self._take(event, on_progress)
@@ -168,16 +211,31 @@ class SuperResolutionJob:
             return None
         try:
             if self._run.returncode != 0 or self._done is None:
-                raise ChildError(self._run.failure())
+                raise ChildError(self._run.failure(), details=self._run.last_lines())
             return self._finish()
         finally:
+            self._stop_observing()
             self._remove_folder()
 
     def cancel(self) -> None:
         """Kill the child's whole process tree and remove the temporary folder."""
+        self._stop_observing()
         if self._run is not None:
             self._run.kill()
         self._remove_folder()
+
+    @vtk.calldata_type(vtk.VTK_OBJECT)
+    def _on_node_removed(self, _scene, _event, node) -> None:
+        """The input or the output node left the scene: its result has nowhere to go, stop now."""
+        for which, watched in (("input", self._input), ("output", self._output)):
+            if watched is not None and node is watched and self._removed is None:
+                self._removed = which
+                self.cancel()
+
+    def _stop_observing(self) -> None:
+        if self._observer is not None:
+            self._scene.RemoveObserver(self._observer)
+            self._observer = None
 
     def _take(self, event: dict, on_progress: Callable[[float, str], None] | None) -> None:
         kind, message = event.get("event"), str(event.get("message", ""))
@@ -248,7 +306,43 @@ class SuperResolutionJob:
         )
 
     def _remove_folder(self) -> None:
-        shutil.rmtree(self.folder, ignore_errors=True)
+        remove_folder(self.folder)
+
+
+def temporary_parent() -> Path:
+    """Slicer's temporary folder (Application Settings), else the system's."""
+    app = getattr(slicer, "app", None)
+    configured = getattr(app, "temporaryPath", None) if app is not None else None
+    return Path(configured) if configured else Path(tempfile.gettempdir())
+
+
+def check_free_space(folder: Path, needed_bytes: float) -> None:
+    """VolumeNodeError naming the folder when it has less free space than a run's files need."""
+    free = shutil.disk_usage(folder).free
+    if free < needed_bytes:
+        raise VolumeNodeError(
+            f"the temporary folder {folder} has {free / 2**30:.2f} GiB free, but this run's files need about "
+            f"{needed_bytes / 2**30:.2f} GiB; free some space or choose another temporary folder "
+            "(Edit > Application Settings > General > Temporary directory)"
+        )
+
+
+def remove_folder(folder: Path, seconds: float = REMOVE_SECONDS) -> None:
+    """Remove a run's temporary folder, retrying while a killed child's files are still locked
+    (Windows); what cannot be removed is logged by name, never left silently."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            shutil.rmtree(folder)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as error:
+            if time.monotonic() >= deadline:
+                left = sorted(path.name for path in folder.iterdir()) if folder.is_dir() else []
+                log.warning(f"could not remove the temporary folder {folder} ({error}); left there: {left}")
+                return
+            time.sleep(0.1)
 
 
 def super_resolve_volume(
