@@ -690,3 +690,39 @@ def test_console_script_predicts_and_refuses_in_a_subprocess(
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines()[-1].startswith(f"error: {output} already exists")
     assert "Traceback" not in refused.stderr
+
+
+# ---------------------------------------------------------------- fail before the work
+
+
+@pytest.mark.parametrize("output", ["/sys/thin.nii.gz", "/sys/thin_series/"], ids=["file", "dicom"])
+def test_an_unwritable_output_is_refused_before_the_model_loads(
+    small_ct: Path, output: str, capsys: pytest.CaptureFixture
+) -> None:
+    """/sys refuses new files even to root; the model named does not exist: had the model been loaded
+    first, its error would come instead."""
+    try:
+        Path("/sys/.volumetricsr-test").touch()
+    except OSError:
+        pass  # refused, as on Linux machines
+    else:
+        Path("/sys/.volumetricsr-test").unlink()
+        pytest.skip("/sys takes new files on this machine")
+    code, _, err = cli(capsys, "predict", small_ct, output, "--model", "/no/such/model.json")
+    assert code == 2
+    assert "cannot write into /sys" in err and "choose an output in a folder you can write to" in err
+    assert "model" not in err
+
+
+def test_too_little_space_for_the_output_is_refused_before_the_model_loads(
+    small_ct: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    from VolumetricSRLib import volume_io
+
+    monkeypatch.setattr(volume_io.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10_000}))
+    code, _, err = cli(
+        capsys, "predict", small_ct, tmp_path / "thin.nii.gz", "--model", "/no/such/model.json"
+    )
+    # 6 slices of 32 x 32 at 5 mm -> 1 mm (no card to read: 1 mm), int16: 2 x 6 x 32 x 32 x 5 bytes
+    assert code == 2 and f"{tmp_path} has 0.01 MiB free, but the output needs about 0.06 MiB" in err, err
+    assert not (tmp_path / "thin.nii.gz").exists()

@@ -157,8 +157,42 @@ def test_non_ct_is_refused_and_a_ct_beside_it_is_taken(tmp_path: Path) -> None:
     refused(folder, "series 7.1 in", series=None)
     refused(folder / "mr", "is MR (thick 5 mm), not CT; VolumetricSR super-resolves CT only")
     write_series(folder / "ct", stored_values(), thick_positions(6, [0, 0, 5.0]), series_uid="7.2")
-    assert read_volume(folder).dicom.series_uid == "7.2"
+    with pytest.warns(
+        UserWarning, match=r"also holds 1 series that is not CT, ignored: MR 'thick 5 mm' \(6 files"
+    ):
+        assert read_volume(folder).dicom.series_uid == "7.2"
     refused(folder, "is MR", series="7.1")
+
+
+@pytest.mark.parametrize("end", ["first", "last"])
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_a_damaged_file_at_either_end_of_a_series_is_refused_by_name(tmp_path: Path, end: str, damage: str):
+    folder = tmp_path / "series"
+    paths = write_series(folder, stored_values(), thick_positions(6, [0, 0, 5.0]))
+    victim = paths[0] if end == "first" else paths[-1]
+    data = victim.read_bytes()
+    victim.write_bytes(b"" if damage == "empty" else data[:300])  # preamble and a broken header
+    text = refused(folder, "1 file(s) beside series")
+    assert str(victim) in text and "cannot be read as DICOM (empty or damaged)" in text
+    victim.unlink()  # removed on purpose: the five remaining slices read, no gap to see
+    assert read_volume(folder).array.shape == (5, 10, 12)
+
+
+def test_other_files_beside_a_series_are_left_alone(tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    write_series(folder, stored_values(), thick_positions(6, [0, 0, 5.0]))
+    (folder / "notes.txt").write_text("scanned on Tuesday")
+    (folder / "Thumbs.db").write_bytes(b"\x00" * 600)
+    (folder / ".DS_Store").write_bytes(b"")
+    assert read_volume(folder).array.shape == SHAPE
+
+
+def test_unreadable_pixel_data_names_its_file(tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    paths = write_series(folder, stored_values(), thick_positions(6, [0, 0, 5.0]))
+    paths[3].write_bytes(paths[3].read_bytes()[:-100])  # a header that parses, pixels cut short
+    text = refused(folder, "cannot read the pixel data of series")
+    assert f"in {paths[3]} (" in text
 
 
 def test_folders_without_a_series_are_refused(tmp_path: Path) -> None:
@@ -265,6 +299,22 @@ def test_derived_series_reads_back_in_pydicom_simpleitk_and_our_reader(tmp_path:
         1,
     )
     assert [d.InstanceNumber for d in headers] == list(range(1, 22))
+
+
+@pytest.mark.parametrize("numbering", ["feet_to_head", "head_to_feet"])
+def test_instance_numbers_run_in_the_source_series_own_direction(tmp_path: Path, numbering: str) -> None:
+    positions = thick_positions(SHAPE[0], [0, 0, 5.0])  # k ascends from feet to head (LPS z)
+    numbers = list(range(1, 7)) if numbering == "feet_to_head" else list(range(6, 0, -1))
+    write_series(tmp_path / "in", stored_values(), positions, instance_numbers=numbers)
+    source = read_volume(tmp_path / "in")
+    thin_affine = source.affine.copy()
+    thin_affine[:3, 2] /= 5
+    out = write_dicom_series(tmp_path / "out", thin_volume(), thin_affine, SYNTHETIC, source.dicom)
+    by_number = sorted((pydicom.dcmread(p) for p in out.iterdir()), key=lambda d: int(d.InstanceNumber))
+    heights = [float(d.ImagePositionPatient[2]) for d in by_number]
+    assert [int(d.InstanceNumber) for d in by_number] == list(range(1, 22))
+    assert heights == sorted(heights, reverse=numbering == "head_to_feet")  # as the source scrolls
+    assert heights[0] == (40.25 if numbering == "feet_to_head" else 40.25 + 20.0)  # 21 slices of 1 mm
 
 
 def test_a_series_from_a_non_dicom_volume_gets_an_anonymous_patient_and_study(tmp_path: Path) -> None:

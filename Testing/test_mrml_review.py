@@ -249,3 +249,18 @@ def test_leaving_the_review_layout_gives_back_the_users_view_groups_and_links(vi
 
     show_review(scene, thick, thin)  # and a later review works as before
     assert all(composite_node(scene, name).GetLinkedControl() for name in REVIEW_VIEWS)
+
+
+def test_scene_closes_leave_one_restoring_observer_on_the_layout(views):
+    from VolumetricSRMRML import review_layout
+
+    scene = views.scene
+    layout = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")
+    tags = []
+    for _close in range(3):
+        layout.SetViewArrangement(THREE_OVER_THREE)
+        show_review(scene, *volume_pair(scene))
+        tags.append(review_layout._watched_layouts[layout.__this__])
+        scene.Clear(0)  # a scene close: the saved views go with the scene's contents
+        layout = scene.GetSingletonNode("vtkMRMLLayoutNode", "vtkMRMLLayoutNode")
+    assert [layout.GetCommand(tag) is not None for tag in tags] == [False, False, True]

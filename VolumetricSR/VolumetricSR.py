@@ -89,11 +89,13 @@ class VolumetricSR(ScriptedLoadableModule):
         self.parent.dependencies = []
         self.parent.contributors = ["VolumetricSR developers"]
         self.parent.helpText = _(
-            "Super-resolves thick-slice CT (e.g. 5 mm slices) to thin slices (1 mm) along the slice axis "
-            "with TVSRN, then shows thick and thin side by side in the three-over-three layout. "
-            "The output keeps the input's geometry: thin slice j lies at thick slice j / {ratio}, "
-            "{ratio} being the model's ratio. The output is labelled synthetic."
-        ).format(ratio=defaultModelRatio())
+            "Super-resolves thick-slice CT (5, 3 or 2.5 mm slices) to thin slices (1 mm, or the output "
+            "spacing you choose) along the slice axis with TVSRN, then shows thick and thin side by side in "
+            "the three-over-three layout. The output covers the input's first to last slice in the input's "
+            "orientation: the network makes slices input spacing / ratio apart (the model chosen for the "
+            "input's slice thickness), resampled with a cubic B-spline when the output spacing differs. "
+            "The output is labelled synthetic."
+        )
         self.parent.acknowledgementText = _(
             "TVSRN: Yu et al., 'RPLHR-CT Dataset and Transformer Baseline for Volumetric "
             "Super-Resolution from CT Scans', MICCAI 2022."
@@ -483,15 +485,6 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self.logic.applyWindowPreset(preset, [volume for volume in volumes if volume])
 
         return onPreset
-
-
-def defaultModelRatio() -> str:
-    """The default bundled model's slice ratio, read from its card ("r" when there is none)."""
-    try:
-        path = default_model_path()
-        return str(read_card(path).ratio) if path is not None else "r"
-    except ModelFileError:
-        return "r"
 
 
 def firstPlainScalarVolume(scene):

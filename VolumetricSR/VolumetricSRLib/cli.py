@@ -32,7 +32,7 @@ from .batch import Outcome, Ranks, Study, gather_outcomes, plan_studies, rank_sh
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .device import DeviceError, describe_device, resolve_device, use_physical_cores
 from .geometry import GeometryError, thick_axis, voxel_spacing
-from .model_cards import ModelCard, model_for_slices
+from .model_cards import ModelCard, model_for_slices, read_card, resolve_card_path
 from .network import TVSRN, VARIANTS, TVSRNConfig
 from .network_config import PAPER_PARAMETERS, SIZES
 from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
@@ -42,6 +42,7 @@ from .volume_io import (
     Volume,
     VolumeFileError,
     check_output_path,
+    check_room,
     output_format,
     read_volume,
     write_volume,
@@ -194,9 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
     summary.add_argument(
         "--variant", choices=(*VARIANTS, "all"), default="all", help="variant (default: all)"
     )
-    summary.add_argument(
-        "--size", choices=(*SIZES, "all"), default="all", help="network size (default: all)"
-    )
+    summary.add_argument("--size", choices=(*SIZES, "all"), default="all", help="network size (default: all)")
     summary.add_argument("--model", help="model file (.safetensors or .json) or id of a bundled model")
     summary.set_defaults(handler=run_summary)
 
@@ -272,6 +271,7 @@ def run_predict(args: argparse.Namespace) -> int:
     output = check_output_path(source, target, args.overwrite, args.format)
     use_physical_cores()
     volume = read_volume(source, args.series)
+    check_room(output, _expected_bytes(args, volume))
     engine = _Engines(args, Ranks()).for_volume(volume)
     study, seconds = _super_resolve(args, engine, volume, source, target)
     _report(args, engine, study, seconds, output, volume)
@@ -329,6 +329,21 @@ class _Engines:
                 )
             self.loaded[key] = _Engine(model, card, self.options)
         return self.loaded[key]
+
+
+def _expected_bytes(args: argparse.Namespace, volume: Volume) -> int:
+    """About how many bytes the thin output of `volume` takes (int16, uncompressed): its thin spacing is
+    --spacing, else the card's of the model that will run (1 mm where no card can be read)."""
+    axis = thick_axis(volume.affine)
+    input_mm = float(voxel_spacing(volume.affine)[::-1][axis])
+    thin_mm = args.spacing
+    if thin_mm is None:
+        try:
+            path = resolve_card_path(args.model) if args.model else model_for_slices(input_mm)
+            thin_mm = read_card(path).thin_spacing_mm if path is not None else None
+        except ModelFileError:
+            thin_mm = None
+    return int(2 * volume.array.size * input_mm / (thin_mm or 1.0))
 
 
 def _device_of_rank(requested: str, ranks: Ranks) -> str:
@@ -539,6 +554,7 @@ def _one_study(
         try:
             check_output_path(study.input, target, args.overwrite, args.format)
             volume = read_volume(study.input, args.series)
+            check_room(study.output, _expected_bytes(args, volume))
             engine = engines.for_volume(volume)
             result, seconds = _super_resolve(args, engine, volume, study.input, target)
             written = True

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import secrets
 import shutil
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -97,6 +98,9 @@ class DicomSource:
     folder: Path
     series_uid: str
     header: Dataset  # the first slice's header (no pixel data)
+    # the source numbers its slices against the volume's k axis (GE and Siemens number head to feet):
+    # a derived series numbers its own the same way, so that viewers sorting by number scroll alike
+    numbers_descend: bool = False
 
 
 @dataclass
@@ -126,9 +130,12 @@ def read_dicom_series(folder: str | Path, series: str | None = None) -> Volume:
     """The CT series of `folder` (or the one whose SeriesInstanceUID is `series`) as a Volume in HU."""
     folder = Path(folder)
     chosen = choose_series(find_series(folder), series, folder)
+    _refuse_damaged_files(chosen)
     ordered, affine = series_geometry(chosen)
     array = _read_voxels(ordered, chosen.uid)
-    source = DicomSource(folder=folder, series_uid=chosen.uid, header=ordered[0])
+    numbers = [ds.get("InstanceNumber") for ds in (ordered[0], ordered[-1])]
+    descend = None not in numbers and len(ordered) > 1 and int(numbers[0]) > int(numbers[1])
+    source = DicomSource(folder=folder, series_uid=chosen.uid, header=ordered[0], numbers_descend=descend)
     return Volume(array=array, affine=affine, path=folder, dicom=source)
 
 
@@ -201,7 +208,56 @@ def choose_series(found: list[DicomSeries], wanted: str | None, folder: Path) ->
             f"{folder} holds {len(ct)} CT series; choose one with --series UID:\n"
             + "\n".join(series.summary() for series in ct)
         )
+    others = [series for series in found if series is not ct[0]]
+    warnings.warn(
+        f"{folder} also holds {len(others)} series that {'is' if len(others) == 1 else 'are'} not CT, "
+        "ignored: "
+        + "; ".join(
+            f"{s.modality} {s.description!r} ({len(s.slices)} files, e.g. {Path(s.slices[0].filename).name})"
+            for s in others
+        ),
+        stacklevel=2,
+    )
     return ct[0]
+
+
+def _refuse_damaged_files(series: DicomSeries) -> None:
+    """Refuse, by name, files beside the series' own that are empty or damaged DICOM (a DICOM preamble,
+    or the series files' own suffix, but no readable header, or one cut short before its image
+    attributes): a slice lost at either end of a series leaves no gap to notice, so such a file must
+    never be skipped silently. Other files (notes, thumbnails, other series) are left alone."""
+    own = {Path(ds.filename).resolve() for ds in series.slices}
+    suffixes = {Path(ds.filename).suffix.lower() for ds in series.slices}
+    damaged = []
+    for directory in sorted({path.parent for path in own}):
+        for path in sorted(directory.iterdir()):
+            if not path.is_file() or path.name.startswith(".") or path.resolve() in own:
+                continue
+            looks_dicom = path.stat().st_size == 0 or path.suffix.lower() in suffixes or _has_preamble(path)
+            if looks_dicom and _is_damaged(_read_header(path), series.uid):
+                damaged.append(path)
+    if damaged:
+        names = ", ".join(str(path) for path in damaged[:5]) + (" ..." if len(damaged) > 5 else "")
+        raise VolumeFileError(
+            f"{len(damaged)} file(s) beside series {series.uid} cannot be read as DICOM (empty or damaged): "
+            f"{names}; a slice lost at either end of a series cannot be detected, so the series may be "
+            "incomplete: copy or export it again, or remove the file(s) if they do not belong to it"
+        )
+
+
+def _is_damaged(header: Dataset | None, series_uid: str) -> bool:
+    """No readable header, or one of this series (or of none) cut short before its image attributes."""
+    if header is None:
+        return True
+    of_series = str(header.get("SeriesInstanceUID", series_uid)) == series_uid
+    return of_series and not ("Rows" in header and "Columns" in header)
+
+
+def _has_preamble(path: Path) -> bool:
+    """True when the file carries the DICOM preamble ('DICM' at byte 128)."""
+    with open(path, "rb") as stream:
+        stream.seek(128)
+        return stream.read(4) == b"DICM"
 
 
 def _only_ct(series: DicomSeries, folder: Path) -> DicomSeries:
@@ -353,14 +409,28 @@ def _read_voxels(ordered: list[Dataset], uid: str) -> np.ndarray:
         values = sitk.GetArrayFromImage(reader.Execute())
     except RuntimeError as exc:
         reason = str(exc).strip().splitlines()[-1]
+        culprit = _first_unreadable_pixels([Path(ds.filename) for ds in ordered])
+        where = f" in {culprit}" if culprit is not None else ""
         raise VolumeFileError(
-            f"cannot read the pixel data of series {uid} ({reason}); the files may be damaged or use a "
+            f"cannot read the pixel data of series {uid}{where} ({reason}); the file may be damaged or use a "
             "compression GDCM cannot decode: export the series again uncompressed"
         ) from exc
     whole = np.array_equal(values, np.rint(values))
     if whole and values.min() >= -32768 and values.max() <= 32767:
         return values.astype(np.int16)
     return values
+
+
+def _first_unreadable_pixels(paths: list[Path]) -> Path | None:
+    """The first file whose pixel data ITK cannot read on its own, or None."""
+    import SimpleITK as sitk
+
+    for path in paths:
+        try:
+            sitk.ReadImage(str(path))
+        except RuntimeError:
+            return path
+    return None
 
 
 def check_output_folder(input_path: str | Path | None, output: str | Path, overwrite: bool = False) -> Path:
@@ -450,7 +520,8 @@ def write_dicom_series(
         with _atomic_folder(folder) as temporary:
             for index, position in enumerate(positions):
                 dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-                dataset.InstanceNumber = index + 1
+                descend = source is not None and source.numbers_descend
+                dataset.InstanceNumber = len(positions) - index if descend else index + 1
                 dataset.ImagePositionPatient = _ds(position)
                 dataset.SliceLocation = _ds([position @ normal])[0]
                 dataset.PixelData = voxels[index].tobytes()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -255,6 +257,29 @@ def check_output_path(
     if not output.parent.is_dir():
         raise VolumeFileError(f"the output folder {output.parent} does not exist; create it first")
     return output
+
+
+def check_room(output: str | Path, expected_bytes: int) -> None:
+    """Refuse, before any work, an output that cannot be written: its folder (the nearest existing one)
+    not writable (permissions, a read-only file system) or with less free space than `expected_bytes`."""
+    folder = Path(output).absolute()
+    while not folder.is_dir():
+        folder = folder.parent
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".volumetricsr-probe-", dir=folder)
+    except OSError as error:
+        raise VolumeFileError(
+            f"cannot write into {folder} ({error.strerror or error}); choose an output in a folder you can "
+            "write to"
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    free = shutil.disk_usage(folder).free
+    if free < expected_bytes:
+        raise VolumeFileError(
+            f"{folder} has {free / 2**20:.2f} MiB free, but the output needs about "
+            f"{expected_bytes / 2**20:.2f} MiB; free some space or choose an output on another disk"
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:

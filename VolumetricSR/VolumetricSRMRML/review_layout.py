@@ -26,7 +26,7 @@ REVIEW_VIEW_GROUP = 0
 
 # {view name: [view group, linked control]} before the review, kept on the layout node
 SAVED_VIEWS_ATTRIBUTE = "VolumetricSR.ViewsBeforeReview"
-_watched_layouts: set[str] = set()  # layout nodes with a restoring observer
+_watched_layouts: dict[str, int] = {}  # layout node -> tag of its restoring observer
 
 # (window, level) in HU, the usual chest CT settings.
 WINDOW_PRESETS = {
@@ -125,6 +125,9 @@ def _restore_views_when_layout_changes(scene: slicer.vtkMRMLScene, layout: slice
             for name in REVIEW_VIEWS
         }
         layout.SetAttribute(SAVED_VIEWS_ATTRIBUTE, json.dumps(saved))
+        stale = _watched_layouts.pop(layout.__this__, None)
+        if stale is not None:  # a scene close dropped the saved views: one observer, not one per close
+            layout.RemoveObserver(stale)
     elif layout.__this__ in _watched_layouts:
         return  # this review follows another: what was saved first is the user's
 
@@ -133,7 +136,7 @@ def _restore_views_when_layout_changes(scene: slicer.vtkMRMLScene, layout: slice
         if layout.GetViewArrangement() == THREE_OVER_THREE or text is None:
             return
         layout.RemoveObserver(tag)
-        _watched_layouts.discard(layout.__this__)
+        _watched_layouts.pop(layout.__this__, None)
         layout.RemoveAttribute(SAVED_VIEWS_ATTRIBUTE)
         for name, (group, linked) in json.loads(text).items():
             node = scene.GetSingletonNode(name, "vtkMRMLSliceNode")
@@ -142,7 +145,7 @@ def _restore_views_when_layout_changes(scene: slicer.vtkMRMLScene, layout: slice
                 composite_node(scene, name).SetLinkedControl(linked)
 
     tag = layout.AddObserver(vtk.vtkCommand.ModifiedEvent, on_layout_modified)
-    _watched_layouts.add(layout.__this__)
+    _watched_layouts[layout.__this__] = tag
 
 
 def jump_to(scene: slicer.vtkMRMLScene, position: Iterable[float]) -> None:
