@@ -8,9 +8,10 @@ B-spline to MM); the baseline is the same cubic B-spline straight from the thick
 the paper protocol (metrics.score_volume, the card's window, 5 slices trimmed at each end).
 
 Cases: LIDC-IDRI 1 mm (a TRAINING volume of the bundled model: optimistic) at 2.5, 3 and 5 mm; the
-held-out pulmonary crop (1.5 mm) at 3 mm (2 x 1.5) and 7.5 mm (5 x 1.5, the model's own ratio).
+held-out pulmonary crop (1.5 mm) at 3 mm (2 x 1.5) and 7.5 mm (5 x 1.5, the model's own ratio); the
+validation volume (3 mm) at 9 and 15 mm (x3 and x5 of its slices: where models are compared and chosen).
 
-    .venv/bin/python Testing/benchmark_spacing.py [--crop 160] [--device cpu] [--json results.json]
+    .venv/bin/python Testing/benchmark_spacing.py [--model ID] [--crop 160] [--only TEXT] [--json FILE]
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ CASES = (  # name, file, thick spacing, output spacing
     ("LIDC-IDRI (train) 2.5 mm -> 1 mm", "LIDC-IDRI/LIDC-IDRI-0314_chest_1mm_slices100-274.nii.gz", 2.5, 1.0),
     ("LIDC-IDRI (train) 3 mm -> 1 mm", "LIDC-IDRI/LIDC-IDRI-0314_chest_1mm_slices100-274.nii.gz", 3.0, 1.0),
     ("LIDC-IDRI (train) 5 mm -> 1 mm", "LIDC-IDRI/LIDC-IDRI-0314_chest_1mm_slices100-274.nii.gz", 5.0, 1.0),
+    ("example_ct (validation) 9 mm -> 3 mm", "TotalSegmentator/example_ct.nii.gz", 9.0, 3.0),
+    ("example_ct (validation) 15 mm -> 3 mm", "TotalSegmentator/example_ct.nii.gz", 15.0, 3.0),
 )
 
 
@@ -113,10 +116,13 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--crop", type=int, default=None, help="central in-plane crop (pixels) to save time")
     parser.add_argument("--json", type=Path, help="write the results here too")
+    parser.add_argument("--only", help="run only the cases whose name contains this text")
     args = parser.parse_args()
     model, card = load_model(args.model or default_model_path(), device="cpu")
     results = {}
     for name, relative, thick_mm, out_mm in CASES:
+        if args.only and args.only not in name:
+            continue
         results[name] = run_case(model, card, CT / relative, thick_mm, out_mm, args.crop, args.device)
         row = results[name]
         print(

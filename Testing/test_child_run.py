@@ -14,6 +14,7 @@ import numpy as np
 
 from conftest import REPO
 from VolumetricSRLib.child_run import ChildRun, core_command
+from VolumetricSRLib.events import Devices, Done, Event, Failed, Progress
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
 from VolumetricSRLib.volume_io import read_volume, write_volume
 
@@ -27,7 +28,7 @@ def thick_phantom(folder: Path, shape: tuple[int, int, int] = (40, 64, 72)) -> P
     return write_volume(folder / "thick.nrrd", np.rint(thick).astype(np.int16), thick_affine)
 
 
-def run_to_end(run: ChildRun, timeout: float = 120) -> list[dict]:
+def run_to_end(run: ChildRun, timeout: float = 120) -> list[Event]:
     run.wait(timeout)
     return run.poll()
 
@@ -39,15 +40,15 @@ def test_predict_reports_json_progress_and_a_done_event(tmp_path: Path) -> None:
     events = run_to_end(run)
     assert run.returncode == 0, list(run.log)
 
-    progress = [event for event in events if event["event"] == "progress"]
-    fractions = [event["fraction"] for event in progress]
+    progress = [event for event in events if isinstance(event, Progress)]
+    fractions = [event.fraction for event in progress]
     assert fractions[0] == 0.0 and fractions[-1] == 1.0 and fractions == sorted(fractions)
-    assert "windows x 1 tiles on cpu" in progress[0]["message"]
+    assert "windows x 1 tiles on cpu" in progress[0].message
     done = events[-1]
-    assert done["event"] == "done" and done["output"] == str(output)
-    assert done["shape"] == [72, 64, 36] and done["ratio"] == 5 and done["fallbacks"] == []
-    assert done["model"] == "tvsrn-x5-publicct" and len(done["model_sha256"]) == 64
-    assert done["device"].startswith("cpu") and done["seconds"] > 0 and done["peak_rss_bytes"] > 0
+    assert isinstance(done, Done) and done.output == str(output)
+    assert done.shape == [72, 64, 36] and done.ratio == 5 and done.fallbacks == []
+    assert done.model == "tvsrn-x5-publicct" and len(done.model_sha256) == 64
+    assert done.device.startswith("cpu") and done.seconds > 0 and done.peak_rss_bytes > 0
     assert read_volume(output).array.shape == (36, 64, 72)
     header = output.read_bytes()[:2000]
     assert b"\nencoding: raw\n" in header  # --no-compress: no gzip for temporary files
@@ -59,9 +60,9 @@ def test_a_failing_child_gives_its_one_line_reason(tmp_path: Path) -> None:
     run = ChildRun(core_command(PYTHON, ["predict", source, tmp_path / "out.nrrd", "--progress", "json"]))
     events = run_to_end(run)
     assert run.returncode == 2
-    assert events[-1]["event"] == "error" and events[-1]["code"] == 2
+    assert isinstance(events[-1], Failed) and events[-1].code == 2
     assert "the model needs at least 4 slices, got 3" in run.failure()
-    assert run.failure() == events[-1]["message"]
+    assert run.failure() == events[-1].message
     assert "Traceback" not in run.failure()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["three.nrrd"]
 
@@ -79,7 +80,7 @@ def test_unexpected_failures_are_one_line_too(tmp_path: Path) -> None:
     run = ChildRun(command)
     events = run_to_end(run)
     assert run.returncode == 1
-    assert events[-1] == {"event": "error", "message": "RuntimeError: disk on fire", "code": 1}
+    assert events[-1] == Failed("RuntimeError: disk on fire", 1)
     assert any("Traceback" in line for line in run.log)
 
 
@@ -88,11 +89,11 @@ def test_the_device_line_comes_from_the_child() -> None:
     events = run_to_end(run)
     assert run.returncode == 0
     (answer,) = events
-    assert answer["event"] == "devices" and answer["torch"]
-    if answer["gpu"] is None:
-        assert answer["line"].startswith("CPU only (") and answer["reason"]
+    assert isinstance(answer, Devices) and answer.torch
+    if answer.gpu is None:
+        assert answer.line.startswith("CPU only (") and answer.reason
     else:
-        assert answer["line"] == f"GPU: {answer['gpu']}"
+        assert answer.line == f"GPU: {answer.gpu}"
 
 
 def test_kill_takes_the_whole_tree_within_a_second(tmp_path: Path) -> None:
@@ -106,11 +107,11 @@ def test_kill_takes_the_whole_tree_within_a_second(tmp_path: Path) -> None:
     )
     run = ChildRun([PYTHON, "-c", script])
     deadline = time.monotonic() + 30
-    events: list[dict] = []
+    events: list[Event] = []
     while not events and time.monotonic() < deadline:
         events = run.poll()
         time.sleep(0.01)
-    assert events == [{"event": "progress", "fraction": 0.0, "message": "started"}]
+    assert events == [Progress(0.0, "started")]
     grandchild = int(pid_file.read_text())
     started = time.perf_counter()
     run.kill()

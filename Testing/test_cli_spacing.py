@@ -162,7 +162,7 @@ def test_the_slicer_module_puts_the_thin_node_on_the_requested_spacing(card):
 
     import vtk
 
-    from VolumetricSRLib.child_run import ChildError
+    from VolumetricSRLib.checks import InputError
     from VolumetricSRLib.geometry import spaced_grid
     from VolumetricSRMRML.processing import RunSettings, super_resolve_volume
     from VolumetricSRMRML.volume_nodes import write_thin_volume
@@ -184,5 +184,5 @@ def test_the_slicer_module_puts_the_thin_node_on_the_requested_spacing(card):
     assert "18 slices of 2 mm" in result.summary() and "before resampling" in result.summary()
 
     both = RunSettings(model=str(card), device="cpu", spacing_mm=2.0, enforce_consistency=True)
-    with pytest.raises(ChildError, match=r"would be resampled to 2 mm, which undoes the correction"):
-        super_resolve_volume(node, both, python=sys.executable)
+    with pytest.raises(InputError, match=r"would be resampled to 2 mm, which undoes the correction"):
+        super_resolve_volume(node, both, python=sys.executable)  # refused before the child starts

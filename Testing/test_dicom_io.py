@@ -356,6 +356,29 @@ def test_image_type_is_axial_only_for_slices_near_the_patient_z_axis(tmp_path, a
     assert {tuple(d.ImageType) for d in read_back(out)[0]} == {("DERIVED", "SECONDARY", third)}
 
 
+def test_series_contrast_and_patient_attributes_of_the_source_are_kept(tmp_path: Path) -> None:
+    paths, _ = oblique_series(tmp_path / "in")
+    for path in paths:  # a contrast study of a paired organ, as a GE scanner writes it
+        header = pydicom.dcmread(path)
+        header.Laterality = ""  # type 2C, present and empty
+        header.ContrastBolusAgent, header.ContrastBolusRoute = "Oral & IV", "IV"
+        header.ContrastBolusVolume, header.ContrastBolusStartTime = 100, "101530"
+        header.LongitudinalTemporalInformationModified = "UNMODIFIED"
+        header.ProtocolName, header.OperatorsName = "5.3 ABD/PEL", "Tech^A"
+        header.save_as(path)
+    source = read_volume(tmp_path / "in").dicom
+    first = read_back(write_dicom_series(tmp_path / "out", thin_volume(), np.eye(4), SYNTHETIC, source))[0][0]
+    assert "Laterality" in first and first.Laterality in ("", None)
+    assert (first.ContrastBolusAgent, first.ContrastBolusRoute) == ("Oral & IV", "IV")
+    assert (float(first.ContrastBolusVolume), first.ContrastBolusStartTime) == (100.0, "101530")
+    assert first.LongitudinalTemporalInformationModified == "UNMODIFIED"
+    assert (first.ProtocolName, str(first.OperatorsName)) == ("5.3 ABD/PEL", "Tech^A")
+    assert (
+        "ContrastBolusAgent"
+        not in read_back(write_dicom_series(tmp_path / "plain", thin_volume(), np.eye(4), SYNTHETIC))[0][0]
+    )  # nothing is invented for a source without contrast
+
+
 def test_acquisition_attributes_are_copied_from_the_source_or_left_empty(tmp_path: Path) -> None:
     oblique_series(tmp_path / "in")
     source = read_volume(tmp_path / "in").dicom

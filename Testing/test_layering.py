@@ -58,6 +58,7 @@ def test_the_mrml_adapter_imports_no_qt_and_no_torch(path: Path) -> None:
         "atomic.py",
         "output_plan.py",
         "checks.py",
+        "events.py",
     ],
 )
 def test_what_the_gui_process_loads_of_the_core_needs_no_torch(name: str) -> None:

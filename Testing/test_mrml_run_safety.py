@@ -19,6 +19,7 @@ from test_mrml_volume_nodes import AXIAL, add_volume, ct_voxels  # noqa: E402
 
 from VolumetricSRLib.checks import InputError  # noqa: E402
 from VolumetricSRLib.child_run import ChildError, ChildRun  # noqa: E402
+from VolumetricSRLib.events import Progress  # noqa: E402
 from VolumetricSRLib.geometry import GeometryError  # noqa: E402
 from VolumetricSRMRML import processing  # noqa: E402
 from VolumetricSRMRML.apply_guard import ARM_SECONDS, ApplyGuard  # noqa: E402
@@ -169,7 +170,7 @@ def test_every_stderr_line_of_the_child_reaches_the_log(caplog: pytest.LogCaptur
         ("INFO", 'child:   File "x.py", line 1'),
         ("ERROR", "child: error: it broke"),
     ]
-    assert run.poll() == [{"event": "progress", "fraction": 0.5, "message": "m"}]  # stdout events stay events
+    assert run.poll() == [Progress(0.5, "m")]  # stdout events stay events
     assert run.last_lines(2) == '  File "x.py", line 1\nerror: it broke'
 
 
@@ -196,3 +197,28 @@ def test_a_double_click_on_apply_does_not_cancel_the_run_it_started() -> None:
 
 def test_the_system_temporary_folder_is_used_outside_slicer() -> None:
     assert processing.temporary_parent() == Path(tempfile.gettempdir())
+
+
+def test_the_panel_settings_become_one_object_with_one_not_set_value() -> None:
+    from types import SimpleNamespace
+
+    panel = SimpleNamespace(  # the parameter node's fields, as the panel leaves them by default
+        device="GPU", tileSize=0, depthOverlap=2, batchSize=0, halfPrecision=False, outputSpacing=0.0,
+        enforceConsistency=True,
+    )  # fmt: skip
+    settings = RunSettings.from_panel(panel, "")
+    assert settings == RunSettings(device="GPU", depth_overlap=2, amp=False, enforce_consistency=True)
+    assert (settings.model, settings.tile, settings.batch, settings.spacing_mm) == (None, None, None, None)
+    assert settings.arguments() == [
+        "--device",
+        "cuda",
+        "--depth-overlap",
+        "2",
+        "--no-amp",
+        "--enforce-consistency",
+    ]
+    chosen = RunSettings.from_panel(
+        SimpleNamespace(**{**vars(panel), "tileSize": 256, "outputSpacing": 0.5}), "x3"
+    )
+    assert chosen.arguments()[2:] == ["--depth-overlap", "2", "--model", "x3", "--tile", "256", "--no-amp",
+                                      "--spacing", "0.5", "--enforce-consistency"]  # fmt: skip

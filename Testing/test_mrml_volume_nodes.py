@@ -409,7 +409,7 @@ def test_the_device_line_is_built_without_torch_in_this_process():
     check = (
         "import json, sys; from VolumetricSRMRML.processing import query_devices; "
         f"answer = query_devices({sys.executable!r}); "
-        "print(json.dumps([answer['line'], 'torch' in sys.modules]))"
+        "print(json.dumps([answer.line, 'torch' in sys.modules]))"
     )
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1] / "VolumetricSR")}
     done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, env=env, check=True)

@@ -6,7 +6,6 @@ VolumetricSRLib (the core) and VolumetricSRMRML (the MRML adapter). The network 
 process (Slicer's own Python running the core's command line): this process never imports torch.
 """
 
-import importlib.metadata
 import logging
 import sys
 import time
@@ -50,6 +49,13 @@ from VolumetricSRMRML.processing import (
     run_to_end,
     start_device_query,
 )
+from VolumetricSRMRML.python_packages import (
+    TORCH_REQUIREMENT,
+    DependencyError,
+    install_packages,
+    missing_packages,
+    restart_needed_for,
+)
 from VolumetricSRMRML.resources import find_resource
 from VolumetricSRMRML.review_layout import (
     REVIEW_VIEWS,
@@ -69,10 +75,6 @@ from VolumetricSRMRML.volume_nodes import (
 MODULE_DIR = Path(__file__).resolve().parent
 MODEL_FILE_CHOICE = "file"
 DEVICE_CHOICES = ["auto", "GPU", "CPU"]
-# torch 2.3 is the first built for numpy 2 (Slicer 5.10 ships numpy 2.0)
-TORCH_REQUIREMENT = "torch>=2.3"
-# what the core's command line needs besides torch in Slicer's Python
-PYTHON_REQUIREMENTS = ("safetensors>=0.4", "nibabel>=5.0", "tqdm>=4.60")
 POLL_MILLISECONDS = 100
 
 
@@ -252,7 +254,7 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if cached is not None:
             self.ui.deviceInfoLabel.text = cached
             return
-        if self.logic.missingPythonPackages():
+        if missing_packages():
             self.ui.deviceInfoLabel.text = _("PyTorch is not installed yet: it will be offered on Apply.")
             return
         if self._deviceQuery is not None:
@@ -348,16 +350,9 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             hardenTransform = self._askHardenTransform(params.inputVolume)
             self._job = self.logic.start(
                 params.inputVolume,
+                RunSettings.from_panel(params, self._selectedModel()),
                 outputVolume=params.outputVolume,
-                model=self._selectedModel(),
-                device=params.device,
-                tileSize=params.tileSize,
-                depthOverlap=params.depthOverlap,
-                batchSize=params.batchSize,
-                halfPrecision=params.halfPrecision,
                 hardenTransform=hardenTransform,
-                outputSpacing=params.outputSpacing,
-                enforceConsistency=params.enforceConsistency,
             )
         except Exception as error:
             self._showFailure(error)
@@ -426,10 +421,10 @@ class VolumetricSRWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _ensurePythonPackages(self) -> bool:
         """Ask once, then install what is missing (PyTorch through the PyTorch extension)."""
-        missing = self.logic.missingPythonPackages()
+        missing = missing_packages()
         if not missing:
             return True
-        restart = self.logic.restartNeededFor(missing)
+        restart = restart_needed_for(missing)
         if restart:
             slicer.util.errorDisplay(restart)
             return False
@@ -501,10 +496,6 @@ def firstPlainScalarVolume(scene):
 #
 
 
-class DependencyError(RuntimeError):
-    """A Python package the module needs is missing and could not be installed."""
-
-
 class VolumetricSRLogic(ScriptedLoadableModuleLogic):
     """Super-resolution of volume nodes and the thick / thin review, without any dialog.
 
@@ -523,79 +514,9 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
     def getParameterNode(self):
         return VolumetricSRParameterNode(super().getParameterNode())
 
-    @staticmethod
-    def missingPythonPackages() -> list:
-        """Requirements (torch and the rest) that are not installed at a suitable version."""
-        from packaging.requirements import Requirement
-
-        missing = []
-        for text in (TORCH_REQUIREMENT, *PYTHON_REQUIREMENTS):
-            requirement = Requirement(text)
-            try:
-                installed = importlib.metadata.version(requirement.name)
-            except importlib.metadata.PackageNotFoundError:
-                missing.append(text)
-                continue
-            if not requirement.specifier.contains(installed, prereleases=True):
-                missing.append(text)
-        return missing
-
-    @staticmethod
-    def restartNeededFor(missing: list) -> str | None:
-        """Why installing `missing` now would leave a half-replaced package in memory, or None.
-
-        Another module may have imported an older torch into this Slicer: replacing it on disk
-        under the running process breaks both. Then the user restarts (or upgrades through PyTorch
-        Utils) instead.
-        """
-        for text in missing:
-            name = text.split(">")[0].split("=")[0].split("<")[0]
-            if name in sys.modules:
-                return _(
-                    "{name} {version} is already loaded in this Slicer session and must be upgraded "
-                    "({requirement}). Upgrade it with the PyTorch Utils module (for torch) or restart "
-                    "Slicer and click Apply before opening other modules that use it."
-                ).format(
-                    name=name,
-                    version=getattr(sys.modules[name], "__version__", "?"),
-                    requirement=text,
-                )
-        return None
-
     def installPythonPackages(self) -> None:
-        """Install the missing packages: torch with the PyTorch extension, the others with pip. Ask first."""
-        missing = self.missingPythonPackages()
-        restart = self.restartNeededFor(missing)
-        if restart:
-            raise DependencyError(restart)
-        if TORCH_REQUIREMENT in missing:
-            try:
-                import PyTorchUtils
-            except ModuleNotFoundError as error:
-                raise DependencyError(
-                    _(
-                        "The PyTorch extension is not installed: install 'PyTorch' with the Extensions "
-                        "Manager, restart Slicer, then apply again."
-                    )
-                ) from error
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(
-                askConfirmation=False, torchVersionRequirement=TORCH_REQUIREMENT[len("torch") :]
-            )
-            if torch is None:
-                raise DependencyError(_("PyTorch was not installed."))
-        others = [text for text in missing if text != TORCH_REQUIREMENT]
-        if others:
-            try:
-                from slicer.packaging import pip_ensure  # Slicer 5.11 and later
-            except ImportError:
-                slicer.util.pip_install(" ".join(others))
-            else:
-                pip_ensure(others, prompt_install=False, requester="VolumetricSR")
-        still = self.missingPythonPackages()
-        if still:
-            raise DependencyError(
-                _("These packages are still missing: {packages}").format(packages=", ".join(still))
-            )
+        """Install the missing packages (python_packages.install_packages); the device line is asked anew."""
+        install_packages()
         VolumetricSRLogic._deviceLine = None
 
     def cachedDeviceDescription(self) -> str | None:
@@ -618,16 +539,14 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
     def deviceDescription(self) -> str:
         """Which GPU 'auto' would use (or why none can be), asked once from a child process."""
         if VolumetricSRLogic._deviceLine is None:
-            if TORCH_REQUIREMENT in self.missingPythonPackages():
+            if TORCH_REQUIREMENT in missing_packages():
                 return _("PyTorch is not installed yet: it will be offered on Apply.")
             VolumetricSRLogic._deviceLine = self._deviceLineOf(query_devices())
         return VolumetricSRLogic._deviceLine
 
     @staticmethod
-    def _deviceLineOf(answer: dict) -> str:
-        return _("{line} (PyTorch {version})").format(
-            line=answer.get("line", "?"), version=answer.get("torch")
-        )
+    def _deviceLineOf(answer) -> str:
+        return _("{line} (PyTorch {version})").format(line=answer.line, version=answer.torch)
 
     def modelChoices(self) -> list:
         """(label, model id) of the bundled models, the default first ("" stands for it)."""
@@ -654,28 +573,19 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
     def start(
         self,
         inputVolume,
+        settings: RunSettings | None = None,
         outputVolume=None,
-        model: str | None = None,
-        device: str = "auto",
-        tileSize: int = 0,
-        depthOverlap: int = 1,
-        batchSize: int = 0,
-        halfPrecision: bool = True,
         hardenTransform: bool = False,
-        allowUntrainedModel: bool = False,
-        outputSpacing: float = 0.0,
-        enforceConsistency: bool = False,
     ) -> SuperResolutionJob:
         """Start super-resolving `inputVolume` in a child process; poll() the job from the main thread.
 
-        model: a model file (.safetensors / .json), a bundled model id, or None for the default.
-        device: "auto", "GPU" or "CPU"; tileSize 0 means whole slices; batchSize 0 chooses.
-        outputSpacing: thin slice spacing in mm (0: the model card's thin spacing); spacings other than
-        the model's own slices (input spacing / ratio) are resampled from them with a cubic B-spline.
-        enforceConsistency: correct the prediction so that each full slab of thin slices
-        re-thickens to its measured thick slice (the status line reports the check).
+        settings: the run's options (RunSettings: model, device "auto" / "GPU" / "CPU", tile, depth
+        overlap, batch, half precision, output spacing in mm, enforced consistency; None for "not set");
+        checked against the input before any process starts, with the command line's messages.
+        outputVolume: the node to fill (None: a new '<input> thin (synthetic)').
+        hardenTransform: fold the input's linear transform into the output's geometry.
         """
-        missing = self.missingPythonPackages()
+        missing = missing_packages()
         if missing:
             raise DependencyError(
                 _(
@@ -683,60 +593,28 @@ class VolumetricSRLogic(ScriptedLoadableModuleLogic):
                     "with VolumetricSRLogic().installPythonPackages()."
                 ).format(packages=", ".join(missing))
             )
-        settings = RunSettings(
-            model=model or None,
-            device=device,
-            tile=tileSize or None,
-            depth_overlap=depthOverlap,
-            batch=batchSize or None,
-            amp=halfPrecision,
-            allow_untrained=allowUntrainedModel,
-            spacing_mm=outputSpacing or None,
-            enforce_consistency=enforceConsistency,
-        )
         return SuperResolutionJob(
-            inputVolume, settings, output_node=outputVolume, harden_transform=hardenTransform
+            inputVolume, settings or RunSettings(), output_node=outputVolume, harden_transform=hardenTransform
         )
 
     def process(
         self,
         inputVolume,
+        settings: RunSettings | None = None,
         outputVolume=None,
-        model: str | None = None,
-        device: str = "auto",
-        tileSize: int = 0,
-        depthOverlap: int = 1,
-        batchSize: int = 0,
-        halfPrecision: bool = True,
         hardenTransform: bool = False,
         showReview: bool = False,
-        allowUntrainedModel: bool = False,
-        outputSpacing: float = 0.0,
-        enforceConsistency: bool = False,
         progressCallback: Callable[[float, str], None] | None = None,
         cancelRequested: Callable[[], bool] | None = None,
     ) -> SuperResolutionResult:
-        """Super-resolve `inputVolume` into `outputVolume` (None: a new '<input> thin (synthetic)'); waits.
+        """Super-resolve `inputVolume` as start() does, and wait for the result.
 
-        The arguments are those of start(). An input under a linear transform gives an output under
-        the same transform, or hardened into its geometry with hardenTransform; a non-linear
-        transform is refused. Raises SuperResolutionCancelled when cancelRequested() turns true
-        (the child is killed, the scene unchanged) and ChildError with the child's message when it fails.
+        An input under a linear transform gives an output under the same transform, or hardened into
+        its geometry with hardenTransform; a non-linear transform is refused. Raises
+        SuperResolutionCancelled when cancelRequested() turns true (the child is killed, the scene
+        unchanged) and ChildError with the child's message when it fails.
         """
-        job = self.start(
-            inputVolume,
-            outputVolume,
-            model,
-            device,
-            tileSize,
-            depthOverlap,
-            batchSize,
-            halfPrecision,
-            hardenTransform,
-            allowUntrainedModel,
-            outputSpacing,
-            enforceConsistency,
-        )
+        job = self.start(inputVolume, settings, outputVolume, hardenTransform)
         result = run_to_end(job, progressCallback, cancelRequested, idle=slicer.app.processEvents)
         logging.info(f"VolumetricSR: {result.summary()}")
         if showReview:
@@ -810,7 +688,7 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Making a synthetic thick volume")
         thick, ijkToRas, voxels = self._thickVolume()
         self.assertIs(firstPlainScalarVolume(slicer.mrmlScene), thick)
-        missing = logic.missingPythonPackages()
+        missing = missing_packages()
         if missing:
             self.delayDisplay(
                 f"VolumetricSR needs {', '.join(missing)} to super-resolve (Apply offers to install them); "
@@ -819,7 +697,9 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
             return
         self.delayDisplay("Super-resolving in a child process")
         torchBefore = "torch" in sys.modules
-        result = logic.process(thick, device="CPU", showReview=slicer.app.layoutManager() is not None)
+        result = logic.process(
+            thick, RunSettings(device="cpu"), showReview=slicer.app.layoutManager() is not None
+        )
 
         thin = result.output
         self.assertEqual(thin.GetImageData().GetDimensions(), (20, 24, 41))
@@ -849,11 +729,11 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
 
         logic = VolumetricSRLogic()
         thick, ijkToRas, _voxels = self._thickVolume()
-        if logic.missingPythonPackages():
+        if missing_packages():
             self.delayDisplay("VolumetricSR's Python packages are missing: output spacing not tested")
             return
         self.delayDisplay("Thin slices every 2 mm")
-        spaced = logic.process(thick, device="CPU", outputSpacing=2.0).output
+        spaced = logic.process(thick, RunSettings(device="cpu", spacing_mm=2.0)).output
         self.assertEqual(spaced.GetImageData().GetDimensions(), (20, 24, 21))
         matrix = vtk.vtkMatrix4x4()
         spaced.GetIJKToRASMatrix(matrix)
@@ -861,7 +741,7 @@ class VolumetricSRTest(ScriptedLoadableModuleTest):
             slicer.util.arrayFromVTKMatrix(matrix), spaced_grid(ijkToRas, 9, 2.0).affine, atol=1e-9
         )
         self.delayDisplay("Consistency with the measured slices enforced")
-        result = logic.process(thick, device="CPU", enforceConsistency=True)
+        result = logic.process(thick, RunSettings(device="cpu", enforce_consistency=True))
         self.assertEqual(result.output.GetImageData().GetDimensions(), (20, 24, 41))
         self.assertIn("enforced (corrected from", result.consistency)
         self.delayDisplay("Test passed")

@@ -99,9 +99,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _check_data(args: argparse.Namespace) -> int:
-    from .rplhr import check_dataset
+    from .rplhr import check_dataset, check_values
 
-    report = check_dataset(args.root, tuple(args.splits), args.ratio, args.min_slices)
+    report = check_values(check_dataset(args.root, tuple(args.splits), args.ratio, args.min_slices))
     print(report.text())
     return 0 if report.ok else EXIT_PROBLEMS
 
@@ -149,7 +149,7 @@ def _report(args: argparse.Namespace) -> int:
     from .evaluate import pseudo_cases, real_cases, thin_volume_paths
     from .report import DEFAULT_METHODS, parse_methods, run_report
 
-    specs = parse_methods(args.methods or DEFAULT_METHODS)
+    specs = parse_methods(args.methods or DEFAULT_METHODS, args.set, args.runs)
     if args.rplhr:
         cases = list(real_cases(args.rplhr, args.split, args.ratio, args.min_slices))
         data = f"real pairs of RPLHR-CT split {args.split} in {args.rplhr} (matched by world position)"
@@ -278,6 +278,14 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--tile", type=int, help="in-plane tile size (default whole slices)")
     report.add_argument("--batch", type=int, help="windows per batch (default: automatic)")
     report.add_argument("--no-train", action="store_true", help="score only finished runs; train nothing")
+    report.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a setting for every training config (e.g. rplhr_root=/data/RPLHR-CT to train on RPLHR-CT)",
+    )
+    report.add_argument("--runs", metavar="DIR", help="put every config's run folder into DIR")
     report.set_defaults(func=_report)
 
     analyse = sub.add_parser(

@@ -172,22 +172,42 @@ def _parse_value(text: str) -> object:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Apply `key=value` (or `model.key=value`) strings to a config dictionary."""
-    data = {**data, "model": dict(data.get("model", {}))}
+    """Apply `key=value` (or `model.key=value`) strings to a config dictionary (the data source is one
+    choice, as in a TOML file on top of its base)."""
+    own: dict = {"model": dict(data.get("model", {}))}
     for item in overrides:
         if "=" not in item:
             raise ValueError(f"override {item!r} is not key=value")
         key, value = item.split("=", 1)
-        target = data
         if key.startswith("model."):
-            target, key = data["model"], key[len("model.") :]
-        target[key] = _parse_value(value)
-    return data
+            own["model"][key[len("model.") :]] = _parse_value(value)
+        else:
+            own[key] = _parse_value(value)
+    return choose_data_source(data, own)
+
+
+PSEUDO_PAIR_KEYS = ("train_volumes", "train_weights", "val_volumes")
+"""The settings of the pseudo-pair data source; `rplhr_root` is the other source."""
+
+
+def choose_data_source(base: dict, own: dict) -> dict:
+    """`base` updated with `own`, where the data source is one choice: setting `rplhr_root` drops the
+    pseudo pairs (and their validation volumes: validation is then the RPLHR-CT `val` split) that
+    `base` had, and setting `train_volumes` drops its `rplhr_root`."""
+    merged = {**base, **own}
+    if own.get("rplhr_root") and "train_volumes" not in own:
+        for key in PSEUDO_PAIR_KEYS:
+            if key not in own:
+                merged.pop(key, None)
+    if own.get("train_volumes") and "rplhr_root" not in own:
+        merged.pop("rplhr_root", None)
+    return merged
 
 
 def read_toml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
     """A TOML config; `base = "FILE"` (relative to the file) takes every setting of FILE that this file
-    does not set itself (a whole table, such as `model`, replaces the base's)."""
+    does not set itself (a whole table, such as `model`, replaces the base's; the data source is one
+    choice, see choose_data_source)."""
     path = Path(path).resolve()
     if path in seen:
         raise ValueError(f"config base cycle: {' -> '.join(p.name for p in (*seen, path))}")
@@ -198,7 +218,7 @@ def read_toml(path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
         return data
     if not isinstance(base, str):
         raise ValueError(f"{path.name}: base must be the name of a TOML file, got {base!r}")
-    return {**read_toml(path.parent / base, (*seen, path)), **data}
+    return choose_data_source(read_toml(path.parent / base, (*seen, path)), data)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:

@@ -34,7 +34,7 @@ from VolumetricSRLib.network import count_parameters
 from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
 
 from .checkpoints import read_checkpoint, state_digest
-from .config import learning_differences, load_config
+from .config import TrainConfig, learning_differences, load_config
 from .evaluate import (
     METHOD_LABELS,
     PROTOCOL,
@@ -60,6 +60,11 @@ class MethodSpec:
     name: str
     kind: str  # "interpolation" | "config" | "model"
     source: str
+    overrides: tuple[str, ...] = ()  # KEY=VALUE settings applied on top of a config
+
+    def config(self) -> TrainConfig:
+        """The training config of a "config" method, with its overrides."""
+        return load_config(self.source, list(self.overrides))
 
 
 @dataclass
@@ -87,9 +92,18 @@ def parse_method(text: str) -> MethodSpec:
     return MethodSpec(name, "model", text)
 
 
-def parse_methods(items: Iterable[str]) -> list[MethodSpec]:
-    """Specs of every method, refusing two with the same name."""
-    specs = [parse_method(item) for item in items]
+def parse_methods(
+    items: Iterable[str], settings: Iterable[str] = (), runs: str | None = None
+) -> list[MethodSpec]:
+    """Specs of every method, refusing two with the same name. Configs get the KEY=VALUE `settings`
+    (e.g. rplhr_root=ROOT to train on RPLHR-CT), and with `runs` their run folders move into it."""
+    specs = []
+    for item in items:
+        spec = parse_method(item)
+        if spec.kind == "config":
+            moved = (f"run_dir={Path(runs) / Path(load_config(spec.source).run_dir).name}",) if runs else ()
+            spec = replace(spec, overrides=(*settings, *moved))
+        specs.append(spec)
     names = [spec.name for spec in specs]
     doubles = sorted({name for name in names if names.count(name) > 1})
     if doubles:
@@ -110,7 +124,7 @@ def data_identity(cases: list[EvalCase]) -> str:
 def trained_checkpoint(spec: MethodSpec, train: bool, log: Callable[[str], None]) -> Path | None:
     """The checkpoint to score for a config: its run trained to the end first when `train`; None
     (with the reason logged) when the run is unfinished and training is off."""
-    cfg = load_config(spec.source)
+    cfg = spec.config()
     run_dir = Path(cfg.run_dir)
     last = run_dir / "last.pt"
     step = 0
@@ -397,7 +411,7 @@ def budget_text(specs: list[MethodSpec]) -> str:
     budgets = set()
     for spec in specs:
         if spec.kind == "config":
-            cfg = load_config(spec.source)
+            cfg = spec.config()
             budgets.add(
                 f"{cfg.steps} steps of batch {cfg.batch}, crops {'x'.join(map(str, cfg.crop))}, "
                 f"{cfg.optimizer} lr {cfg.lr:g} ({cfg.schedule}), seed {cfg.seed}"

@@ -275,11 +275,44 @@ class RealPair:
     ratio: int
 
 
+UNIT_SCALE = (-0.5, 1.5)
+"""Voxel values all within this range are not HU but a [0, 1] scale (HU would span about -1000 to 1000+)."""
+
+
+def check_hu(array: np.ndarray, path: Path) -> None:
+    """ValueError when a CT file's values are not HU: all within UNIT_SCALE (e.g. arrays already mapped
+    to [0, 1], which int16 HU storage would round to 0 and 1)."""
+    low, high = float(np.min(array)), float(np.max(array))
+    if UNIT_SCALE[0] <= low and high <= UNIT_SCALE[1]:
+        raise ValueError(
+            f"{path.name} holds values from {low:.3g} to {high:.3g}, not HU: it looks scaled to [0, 1]; give "
+            "the files in HU (the paper's window maps HU = value x 3072 - 1024 back), e.g. convert them with "
+            "nibabel before training"
+        )
+
+
+def check_values(report: DatasetReport) -> DatasetReport:
+    """Read every pair of a checked dataset and move those whose values are not HU to its problems."""
+    fitting = []
+    for pair in report.pairs:
+        try:
+            for path in (pair.thin_path, pair.thick_path):
+                check_hu(read_volume(path).array, path)
+            fitting.append(pair)
+        except ValueError as exc:
+            report.problems.append(CaseProblem(pair.split, pair.case, str(exc)))
+    report.pairs = fitting
+    return report
+
+
 def load_pair(pair: CasePair, dtype: type = np.float32) -> RealPair:
-    """Read both files of a checked pair and cut them to the slices that match."""
+    """Read both files of a checked pair and cut them to the slices that match; ValueError for values
+    that are not HU."""
     m = pair.match
     thick = read_volume(pair.thick_path)
     thin = read_volume(pair.thin_path)
+    check_hu(thick.array, pair.thick_path)
+    check_hu(thin.array, pair.thin_path)
     thin_stop = m.thin_first + (m.count - 1) * m.ratio + 1
     thick_affine = thick.affine.copy()
     thick_affine[:3, 3] = thick.affine[:3, :3] @ np.array([0.0, 0.0, m.first]) + thick.affine[:3, 3]

@@ -1,17 +1,15 @@
-"""Run a `volumetricsr` command in a child process and follow its JSON lines; kill its whole tree.
+"""Run a `volumetricsr` command in a child process and follow its events; kill its whole tree.
 
 Imports neither torch nor anything of Slicer, so that Slicer's GUI process can use it. The child
-writes one JSON object per line on stdout (`volumetricsr ... --progress json`): `{"event":
-"progress", "fraction", "message"}`, `{"event": "fallback", "message"}`, `{"event": "done", ...}`
-or `{"event": "error", "message"}`. Lines that are not JSON objects and stderr are kept as a log, and
-each stderr line goes to a `logging` logger as it comes (in Slicer: the application log), so that
+writes one event per line on stdout (`volumetricsr ... --progress json`; `events` defines them and
+parses them into dataclasses). Lines that are not events and stderr are kept as a log, and each
+stderr line goes to a `logging` logger as it comes (in Slicer: the application log), so that
 tracebacks and warnings reach a bug report.
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -23,6 +21,8 @@ import threading
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+from .events import Event, Failed, parse
 
 CORE_PARENT = Path(__file__).resolve().parents[1]
 """The folder that holds VolumetricSRLib: the child finds the core through it."""
@@ -75,7 +75,7 @@ class ChildRun:
         environment["PYTHONPATH"] = os.pathsep.join(p for p in (str(CORE_PARENT), path) if p)
         environment.setdefault("PYTHONUNBUFFERED", "1")
         self.log: deque[str] = deque(maxlen=LOG_LINES)
-        self._events: queue.Queue[dict] = queue.Queue()
+        self._events: queue.Queue[Event] = queue.Queue()
         self._process = subprocess.Popen(
             list(command),
             stdin=subprocess.DEVNULL,
@@ -107,7 +107,7 @@ class ChildRun:
     def returncode(self) -> int | None:
         return self._process.poll()
 
-    def poll(self) -> list[dict]:
+    def poll(self) -> list[Event]:
         """The events received since the last call, oldest first; never blocks."""
         events = []
         while True:
@@ -156,17 +156,17 @@ class ChildRun:
         """The child's last `count` lines of text output (stderr and non-JSON stdout)."""
         return "\n".join(list(self.log)[-count:])
 
-    def _read(self, stream, parse: bool) -> None:
+    def _read(self, stream, from_stdout: bool) -> None:
         for line in stream:
             line = line.rstrip("\r\n")
-            event = _json_event(line) if parse else None
-            if not parse and self._logger is not None and line.strip():
+            event = parse(line) if from_stdout else None
+            if not from_stdout and self._logger is not None and line.strip():
                 _log_line(self._logger, line)
             if event is None:
                 self.log.append(line)
             else:
-                if event.get("event") == "error":
-                    self.log.append(f"error: {event.get('message', '')}")
+                if isinstance(event, Failed):
+                    self.log.append(f"error: {event.message}")
                 self._events.put(event)
         stream.close()
 
@@ -179,16 +179,6 @@ def _log_line(logger: logging.Logger, line: str) -> None:
         logger.warning(f"child: {line}")
     else:
         logger.info(f"child: {line}")
-
-
-def _json_event(line: str) -> dict | None:
-    if not line.startswith("{"):
-        return None
-    try:
-        value = json.loads(line)
-    except ValueError:
-        return None
-    return value if isinstance(value, dict) and "event" in value else None
 
 
 def _own_process_group() -> dict:

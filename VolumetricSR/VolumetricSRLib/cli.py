@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 import time
 import traceback
@@ -24,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from . import demo
 from .allocator import peak_rss_bytes
@@ -31,6 +31,8 @@ from .architectures import label_of
 from .batch import Outcome, Ranks, Study, gather_outcomes, plan_studies, rank_share, summary_table
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .device import DeviceError, describe_device, resolve_device, use_physical_cores
+from .events import Devices, Done, Failed, Fallback, Progress, Summary, Warned, emit
+from .events import Study as StudyEvent
 from .geometry import GeometryError, thick_axis, voxel_spacing
 from .model_cards import ModelCard, model_for_slices, read_card, resolve_card_path
 from .network import TVSRN, VARIANTS, TVSRNConfig
@@ -231,31 +233,26 @@ def main(argv: list[str] | None = None) -> int:
             return _fail(f"{type(exc).__name__}: {exc}", FAILURE, as_json)
 
 
-def emit(event: str, **fields) -> None:
-    """One JSON line on stdout, flushed at once."""
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
 def _fail(message: str, code: int = FAILURE, as_json: bool = False) -> int:
     print(f"error: {message}", file=sys.stderr)
     if as_json:
-        emit("error", message=message, code=code)
+        emit(Failed(message, code))
     return code
 
 
 def _emit_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None, line=None
 ) -> None:
-    """warnings.showwarning replacement for --progress json: a warning event and a plain line on stderr."""
-    _print_warning(message, category, filename, lineno)
-    emit("warning", message=str(message))
+    """warnings.showwarning replacement for --progress json: a warning event only (stdout)."""
+    emit(Warned(str(message)))
 
 
 def _print_warning(
     message: Warning | str, category: type[Warning], filename: str, lineno: int, file=None, line=None
 ) -> None:
-    """warnings.showwarning replacement: one plain line on stderr."""
-    print(f"warning: {message}", file=sys.stderr)
+    """warnings.showwarning replacement: one plain line on stderr, on a line of its own above a progress
+    bar (tqdm.write moves the bar down)."""
+    tqdm.write(f"warning: {message}", file=sys.stderr)
 
 
 def run_predict(args: argparse.Namespace) -> int:
@@ -375,7 +372,7 @@ def _super_resolve(
             volume.array,
             volume.affine,
             engine.options,
-            on_fallback=partial(emit, "fallback") if as_json else _warn,
+            on_fallback=_emit_fallback if as_json else _warn,
             progress=report,
         )
     seconds = time.perf_counter() - start
@@ -394,22 +391,23 @@ def _report(
     check = study.consistency
     if args.progress == "json":
         emit(
-            "done",
-            output=str(output),
-            shape=[i, j, k],
-            spacing_mm=[float(value) for value in spacing],
-            affine=study.affine.tolist(),
-            seconds=seconds,
-            device=ran_on,
-            fallbacks=list(study.fallbacks),
-            model=engine.card.id,
-            model_sha256=engine.card.sha256,
-            ratio=engine.card.ratio,
-            peak_rss_bytes=peak,
-            slice_axis=study.slice_axis,
-            resampling=study.resampling,
-            consistency=check.summary() if check is not None else None,
-            consistency_line=check.line() if check is not None else None,
+            Done(
+                output=str(output),
+                shape=[i, j, k],
+                spacing_mm=[float(value) for value in spacing],
+                affine=study.affine.tolist(),
+                seconds=seconds,
+                device=ran_on,
+                fallbacks=list(study.fallbacks),
+                model=engine.card.id,
+                model_sha256=engine.card.sha256,
+                ratio=engine.card.ratio,
+                peak_rss_bytes=peak,
+                slice_axis=study.slice_axis,
+                resampling=study.resampling,
+                consistency=check.summary() if check is not None else None,
+                consistency_line=check.line() if check is not None else None,
+            )
         )
         return
     thick_slices = volume.array.shape[study.slice_axis]
@@ -568,7 +566,7 @@ def _one_study(
             print(f"error: {name}: {message}", file=sys.stderr, flush=True)
             outcome = Outcome(name, "failed", time.perf_counter() - start, message)
     if as_json:
-        emit("study", rank=ranks.rank, **asdict(outcome))
+        emit(StudyEvent(rank=ranks.rank, **asdict(outcome)))
     return outcome
 
 
@@ -578,7 +576,7 @@ def _summarise(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
     table = summary_table(outcomes)
     if args.progress == "json":
         print(table, file=sys.stderr)
-        emit("summary", studies=[asdict(outcome) for outcome in outcomes], failed=failed)
+        emit(Summary([asdict(outcome) for outcome in outcomes], failed))
     else:
         print(table)
     if failed:
@@ -601,7 +599,11 @@ def _failure_message(error: BaseException) -> str:
 
 
 def _emit_progress(fraction: float, message: str) -> None:
-    emit("progress", fraction=round(float(fraction), 6), message=message)
+    emit(Progress(round(float(fraction), 6), message))
+
+
+def _emit_fallback(message: str) -> None:
+    emit(Fallback(message))
 
 
 def _warn(message: str) -> None:
@@ -618,8 +620,7 @@ def run_devices(args: argparse.Namespace) -> int:
     threads = use_physical_cores()
     line = f"GPU: {gpu}" if gpu else f"CPU only ({threads} threads): {reason}"
     if args.json:
-        fields = {"torch": torch.__version__, "cuda": torch.version.cuda, "gpu": gpu, "reason": reason}
-        emit("devices", line=line, cpu_threads=threads, **fields)
+        emit(Devices(line, threads, torch.__version__, torch.version.cuda, gpu, reason))
     else:
         print(f"{line} (PyTorch {torch.__version__})")
     return 0

@@ -24,6 +24,7 @@ import slicer
 import vtk
 
 from VolumetricSRLib.child_run import ChildError, ChildRun, core_command, slicer_python
+from VolumetricSRLib.events import Devices, Done, Event, Fallback, Progress, Warned
 from VolumetricSRLib.geometry import SpacingWarning, thick_axis, voxel_spacing
 from VolumetricSRLib.model_cards import model_for_slices, read_card, resolve_card_path
 from VolumetricSRLib.output_plan import plan_output
@@ -62,7 +63,9 @@ class SuperResolutionCancelled(Exception):
 
 @dataclass(frozen=True)
 class RunSettings:
-    """What the child is asked to do: the `volumetricsr predict` options."""
+    """What the child is asked to do: the `volumetricsr predict` options. None is "not set" (the
+    command line's default) for the model, tile, batch and spacing; `check` validates the settings for
+    an input before any process starts, `arguments` turns them into the child's command line."""
 
     model: str | None = None
     device: str = "auto"
@@ -73,6 +76,21 @@ class RunSettings:
     allow_untrained: bool = False
     spacing_mm: float | None = None
     enforce_consistency: bool = False
+
+    @classmethod
+    def from_panel(cls, panel: object, model: str | None) -> RunSettings:
+        """The settings of the module's parameter node (its 0 means "not set"; `model` "" or None is
+        the bundled model for the input's slice thickness)."""
+        return cls(
+            model=model or None,
+            device=panel.device,
+            tile=panel.tileSize or None,
+            depth_overlap=panel.depthOverlap,
+            batch=panel.batchSize or None,
+            amp=panel.halfPrecision,
+            spacing_mm=panel.outputSpacing or None,
+            enforce_consistency=panel.enforceConsistency,
+        )
 
     def arguments(self) -> list[str]:
         """The predict options on the command line."""
@@ -166,7 +184,7 @@ class SuperResolutionJob:
         output_voxels = settings.check(self._affine, voxels.shape)
         self.warnings: list[str] = []
         self.fallbacks: list[str] = []
-        self._done: dict | None = None
+        self._done: Done | None = None
         self._run: ChildRun | None = None
         self._removed: str | None = None
         interpreter = child_python(python)
@@ -237,17 +255,18 @@ class SuperResolutionJob:
             self._scene.RemoveObserver(self._observer)
             self._observer = None
 
-    def _take(self, event: dict, on_progress: Callable[[float, str], None] | None) -> None:
-        kind, message = event.get("event"), str(event.get("message", ""))
-        if kind == "progress" and on_progress is not None:
-            on_progress(float(event.get("fraction", 0.0)), message)
-        elif kind == "warning":
-            self.warnings.append(message)
-        elif kind == "fallback":
-            self.fallbacks.append(message)
+    def _take(self, event: Event, on_progress: Callable[[float, str], None] | None) -> None:
+        if isinstance(event, Progress) and on_progress is not None:
+            on_progress(float(event.fraction), event.message)
+        elif isinstance(event, Warned):
+            self.warnings.append(event.message)
+            log.warning(event.message)
+        elif isinstance(event, Fallback):
+            self.fallbacks.append(event.message)
+            log.warning(event.message)
             if on_progress is not None:
-                on_progress(0.0, message)
-        elif kind == "done":
+                on_progress(0.0, event.message)
+        elif isinstance(event, Done):
             self._done = event
 
     def _finish(self) -> SuperResolutionResult:
@@ -258,9 +277,9 @@ class SuperResolutionJob:
         if self._output is not None and self._output.GetScene() is None:
             raise VolumeNodeError("the output volume left the scene while the input was being super-resolved")
         thin = read_volume(self._thin_path).array
-        affine = np.array(done["affine"], dtype=np.float64)
-        if list(thin.shape[::-1]) != list(done["shape"]):
-            raise ChildError(f"the child wrote {thin.shape[::-1]} voxels where it reported {done['shape']}")
+        affine = np.array(done.affine, dtype=np.float64)
+        if list(thin.shape[::-1]) != list(done.shape):
+            raise ChildError(f"the child wrote {thin.shape[::-1]} voxels where it reported {done.shape}")
         created = self._output is None
         output = write_thin_volume(
             scene,
@@ -276,21 +295,21 @@ class SuperResolutionJob:
         copy_window_level(self._input, output)
         if created:
             place_beside(self._input, output)
-        mark_synthetic_for_dicom_export(output, done["model"])
+        mark_synthetic_for_dicom_export(output, done.model)
         set_provenance(
             output,
             {
                 SOURCE_NODE_KEY: self._input.GetID(),
                 "Synthetic": "true",
                 "SourceName": self._input.GetName(),
-                "ModelId": done["model"],
-                "ModelSha256": done["model_sha256"],
-                "Ratio": done["ratio"],
-                "Device": done["device"],
-                "Seconds": f"{done['seconds']:.2f}",
+                "ModelId": done.model,
+                "ModelSha256": done.model_sha256,
+                "Ratio": done.ratio,
+                "Device": done.device,
+                "Seconds": f"{done.seconds:.2f}",
             },
         )
-        axis = int(done["slice_axis"])
+        axis = int(done.slice_axis)
         spacing = voxel_spacing(affine)
         in_plane = [float(spacing[column]) for column in range(3) if column != 2 - axis]
         return SuperResolutionResult(
@@ -298,11 +317,11 @@ class SuperResolutionJob:
             created=created,
             slices=int(thin.shape[axis]),
             spacing_mm=(*in_plane, float(spacing[2 - axis])),
-            seconds=float(done["seconds"]),
-            device=str(done["device"]),
+            seconds=float(done.seconds),
+            device=str(done.device),
             fallbacks=tuple(self.fallbacks),
             warnings=tuple(self.warnings),
-            consistency=done.get("consistency_line"),
+            consistency=done.consistency_line,
         )
 
     def _remove_folder(self) -> None:
@@ -402,15 +421,15 @@ def start_device_query(python: str | None = None) -> ChildRun:
     return ChildRun(core_command(child_python(python), ["devices", "--json"]))
 
 
-def device_answer(run: ChildRun) -> dict:
-    """The answer of a finished device query: {"line", "gpu", "reason", "torch", ...}; ChildError if none."""
-    events = [event for event in run.poll() if event.get("event") == "devices"]
+def device_answer(run: ChildRun) -> Devices:
+    """The answer of a finished device query; ChildError if there is none."""
+    events = [event for event in run.poll() if isinstance(event, Devices)]
     if run.returncode != 0 or not events:
         raise ChildError(run.failure())
     return events[-1]
 
 
-def query_devices(python: str | None = None, timeout: float = DEVICE_QUERY_SECONDS) -> dict:
+def query_devices(python: str | None = None, timeout: float = DEVICE_QUERY_SECONDS) -> Devices:
     """What `volumetricsr devices --json` says in a child process, waited for here."""
     run = start_device_query(python)
     try:
