@@ -356,6 +356,32 @@ def test_image_type_is_axial_only_for_slices_near_the_patient_z_axis(tmp_path, a
     assert {tuple(d.ImageType) for d in read_back(out)[0]} == {("DERIVED", "SECONDARY", third)}
 
 
+def test_each_derived_slice_names_the_source_slices_it_was_made_from(tmp_path: Path) -> None:
+    paths, _ = oblique_series(tmp_path / "in")
+    uids = [str(pydicom.dcmread(path).SOPInstanceUID) for path in paths]  # file k is slice k
+    source = read_volume(tmp_path / "in")
+    thin_affine = source.affine.copy()
+    thin_affine[:3, 2] /= 5
+    synthetic = {**SYNTHETIC, "slice_resampling": "cubic B-spline from 0.6 mm to 1 mm"}
+    headers, _ = read_back(
+        write_dicom_series(tmp_path / "out", thin_volume(), thin_affine, synthetic, source.dicom)
+    )
+    references = [[str(item.ReferencedSOPInstanceUID) for item in d.SourceImageSequence] for d in headers]
+    assert references[0] == [uids[0]] and references[5] == [uids[1]] and references[20] == [uids[4]]
+    assert references[1] == references[4] == [uids[0], uids[1]] and references[13] == [uids[2], uids[3]]
+    item = headers[7].SourceImageSequence[0]
+    assert item.ReferencedSOPClassUID == pydicom.uid.CTImageStorage
+    purpose = item.PurposeOfReferenceCodeSequence[0]
+    assert (purpose.CodeValue, purpose.CodingSchemeDesignator) == ("121322", "DCM")
+    derivation = headers[0].DerivationCodeSequence[0]
+    assert (derivation.CodeValue, derivation.CodingSchemeDesignator, derivation.CodeMeaning) == (
+        "113085", "DCM", "Spatial resampling",
+    )  # fmt: skip
+    assert "then slices resampled: cubic B-spline from 0.6 mm to 1 mm" in headers[0].DerivationDescription
+    plain = read_back(write_dicom_series(tmp_path / "plain", thin_volume(), thin_affine, SYNTHETIC))[0][0]
+    assert "SourceImageSequence" not in plain and "resampled" not in plain.DerivationDescription
+
+
 def test_series_contrast_and_patient_attributes_of_the_source_are_kept(tmp_path: Path) -> None:
     paths, _ = oblique_series(tmp_path / "in")
     for path in paths:  # a contrast study of a paired organ, as a GE scanner writes it

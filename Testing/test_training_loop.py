@@ -296,3 +296,20 @@ def test_training_works_after_inference_on_the_same_shape():
     loss = model(torch.rand(shape)).mean()
     loss.backward()
     assert model.embed.weight.grad is not None
+
+
+def test_slab_augmentation_and_inplane_pairs_train_and_resume_exactly(tmp_path):
+    options = {"slab_mix": ["box", "gaussian", "trapezoid"], "slab_width": [0.8, 1.2], "inplane_pairs": 0.5}
+    whole = Trainer(tiny_config(tmp_path / "whole", log_every=3, **options))
+    whole.run()
+    first = Trainer(tiny_config(tmp_path / "split", log_every=3, steps=8, **options))
+    first.sampler = SignalAtStep(first.build_sampler(), step=4, number=signal.SIGTERM)
+    first.run()
+    second = Trainer(tiny_config(tmp_path / "split", log_every=3, **options))
+    assert second.resume() and second.step == 5
+    second.run()
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert state_digest(second.model) == state_digest(whole.model)
+    changed = Trainer(tiny_config(tmp_path / "split", **{**options, "inplane_pairs": 0.25}))
+    with pytest.raises(ValueError, match=r"inplane_pairs: 0\.5 -> 0\.25"):
+        changed.resume()

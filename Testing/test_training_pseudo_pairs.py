@@ -147,3 +147,94 @@ def test_sampler_checks_every_in_plane_scale_whatever_their_order():
     crop = (4, half.shape[1] + 1, half.shape[2] + 1)
     with pytest.raises(ValueError, match=r"ct \(in-plane scale 1/2\).*smaller than one crop"):
         PseudoPairSampler([volume], [], RATIO, crop)
+
+
+def axis_coded_volume(shape: tuple[int, int, int] = (40, 36, 32)) -> ThinVolume:
+    """Values a k + b j + c i (a, b, c distinct, all in [0, 1]): a step along any crop axis says which
+    axis of the volume it ran along."""
+    k, j, i = np.indices(shape)
+    return ThinVolume("coded", (0.1 + 1e-2 * k + 1e-4 * j + 1e-6 * i).astype(np.float64), 1)
+
+
+def test_inplane_views_put_each_inplane_axis_first() -> None:
+    from volumetricsr_training.data import inplane_views
+
+    volume = axis_coded_volume()
+    rows, columns = inplane_views(volume)
+    assert rows.unit.shape == (36, 40, 32) and columns.unit.shape == (32, 40, 36)
+    np.testing.assert_array_equal(rows.unit[5, 7, 9], volume.unit[7, 5, 9])
+    np.testing.assert_array_equal(columns.unit[9, 7, 5], volume.unit[7, 5, 9])
+    assert rows.unit.flags.c_contiguous and "rows as slices" in rows.name
+
+
+@pytest.mark.parametrize(("share", "slice_steps"), [(0.0, {1e-2}), (1.0, {1e-4, 1e-6})])
+def test_inplane_pairs_take_their_slices_along_an_inplane_axis(share: float, slice_steps: set) -> None:
+    sampler = PseudoPairSampler(
+        [[axis_coded_volume()]], [], RATIO, (4, 8, 8), min_body_fraction=0.0, flip=False, inplane_pairs=share
+    )
+    thick, thin = sampler.batch(seed=4, rank=0, step=0, size=40)
+    steps = {float(np.round(step, 9)) for step in np.diff(thin[:, :, 0, 0], axis=1).ravel()}
+    assert steps == slice_steps  # the thin slices of every pair run along the axes expected
+    np.testing.assert_allclose(thick[:, 1], thin[:, 3:8].mean(axis=1), atol=1e-6)  # the slab mean
+    again, _ = sampler.batch(seed=4, rank=0, step=0, size=40)
+    np.testing.assert_array_equal(again, thick)  # (seed, rank, step) still decide the batch
+
+
+def test_a_share_of_inplane_pairs_outside_zero_to_one_is_refused() -> None:
+    with pytest.raises(ValueError, match=r"inplane_pairs is a share between 0 and 1, got 1\.5"):
+        PseudoPairSampler([[axis_coded_volume()]], [], RATIO, (4, 8, 8), inplane_pairs=1.5)
+
+
+@pytest.mark.parametrize("kind", ["box", "gaussian", "trapezoid"])
+@pytest.mark.parametrize("width", [4.0, 5.0, 6.0])
+def test_slab_profiles_sum_to_one_symmetric_about_the_slab(kind: str, width: float) -> None:
+    from volumetricsr_training.pseudo_pairs import slab_weights
+
+    weights, margin = slab_weights(RATIO, kind, width)
+    assert len(weights) == RATIO + 2 * margin and weights.sum() == pytest.approx(1.0)
+    np.testing.assert_allclose(weights, weights[::-1], atol=1e-12)
+    assert weights[len(weights) // 2] == weights.max()  # the slab centre weighs most
+
+
+def test_a_box_as_wide_as_the_ratio_is_the_plain_slab_mean_and_a_wider_one_reaches_its_neighbours() -> None:
+    from volumetricsr_training.pseudo_pairs import slab_weights
+
+    weights, margin = slab_weights(RATIO, "box", 5.0)
+    np.testing.assert_allclose(weights[margin : margin + RATIO], np.full(RATIO, 0.2))
+    assert weights[:margin].sum() == weights[margin + RATIO :].sum() == 0
+    wide, margin = slab_weights(RATIO, "box", 6.0)  # half of each neighbouring slice falls inside
+    np.testing.assert_allclose(wide[margin - 1 : margin + RATIO + 1], [1 / 12] + [1 / 6] * 5 + [1 / 12])
+
+
+@pytest.mark.parametrize("kinds", [("box",), ("gaussian",), ("trapezoid",), ("box", "gaussian", "trapezoid")])
+def test_augmented_thick_slices_stay_on_their_thin_slices(kinds: tuple[str, ...]) -> None:
+    """On a volume linear along the slice axis every symmetric slab gives the value at its centre: each
+    thick slice equals the thin slice it lies on, whatever profile and width were drawn; on a curved
+    one the slabs blur, by how much depending on the profile."""
+    from volumetricsr_training.pseudo_pairs import SlabAugmentation
+
+    k = np.arange(60, dtype=np.float64)[:, None, None]
+    augment = SlabAugmentation(kinds, (0.8, 1.2))
+    for values, exact in ((0.1 + 1e-2 * k, True), (0.1 + 2e-4 * k**2, False)):
+        volume = ThinVolume("ramp", np.broadcast_to(values, (60, 12, 12)).copy(), 1)
+        sampler = PseudoPairSampler([[volume]], [], RATIO, (4, 8, 8), min_body_fraction=0.0, augment=augment)
+        thick, thin = sampler.batch(seed=2, rank=0, step=0, size=30)
+        on_thin = thin[:, ::RATIO]
+        if exact:
+            np.testing.assert_allclose(thick, on_thin, atol=1e-6)
+        else:
+            assert (thick > on_thin + 1e-6).all()  # a convex profile along k: every slab mean lies above
+
+
+def test_slab_augmentation_settings_are_checked_in_the_config() -> None:
+    from volumetricsr_training.config import TrainConfig
+
+    assert TrainConfig(slab_mix=["box", "gaussian"], slab_width=[0.8, 1.2]).augmentation().widths == (
+        0.8,
+        1.2,
+    )
+    assert TrainConfig().augmentation() is None
+    with pytest.raises(ValueError, match="unknown slab profile 'sinc'"):
+        TrainConfig(slab_mix=["sinc"])
+    with pytest.raises(ValueError, match=r"widths 0\.5 <= low <= high <= 2"):
+        TrainConfig(slab_mix=["box"], slab_width=[1.2, 0.8])

@@ -12,6 +12,8 @@ from pathlib import Path
 from VolumetricSRLib.architectures import ModelConfig, config_from_dict
 from VolumetricSRLib.consistency import SLABS
 
+from .pseudo_pairs import SlabAugmentation
+
 
 @dataclass
 class TrainConfig:
@@ -29,9 +31,15 @@ class TrainConfig:
     # a checkpoint whose weights a new run starts from (fresh optimizer and schedule); "" = from scratch
     init_from: str = ""
     slab: str = "box"
+    # slab augmentation: a profile of slab_mix (box, gaussian, trapezoid) and a width of slab_width x the
+    # ratio drawn per pair instead of `slab` (empty: off)
+    slab_mix: list = field(default_factory=list)
+    slab_width: list = field(default_factory=lambda: [1.0, 1.0])
     noise_hu: float = 0.0
     crop: list = field(default_factory=lambda: [4, 64, 64])
     inplane_scales: list = field(default_factory=lambda: [1])
+    # share of pseudo pairs made along an in-plane axis (self-supervision at the scan's finest scale)
+    inplane_pairs: float = 0.0
     min_body_fraction: float = 0.2
     flip: bool = True
     # optimisation
@@ -70,6 +78,8 @@ class TrainConfig:
             raise ValueError(f"slab must be one of {', '.join(SLABS)}, got {self.slab!r}")
         if self.train_weights and len(self.train_weights) != len(self.train_volumes):
             raise ValueError("train_weights needs one weight per train volume")
+        if self.slab_mix:
+            self.augmentation()  # refuses unknown profiles and widths now
         if len(self.crop) != 3:
             raise ValueError("crop is [depth, height, width] of the thick crop")
         if self.crop[0] != self.network.depth:
@@ -96,6 +106,14 @@ class TrainConfig:
                 "; ".join(problems) + " (values on the command line use Python syntax, e.g. "
                 "--set 'train_volumes=[\"ct.nii.gz\"]' --set lr=5e-4)"
             )
+
+    def augmentation(self) -> SlabAugmentation | None:
+        """The slab augmentation of slab_mix and slab_width, or None when it is off."""
+        if not self.slab_mix:
+            return None
+        if len(self.slab_width) != 2:
+            raise ValueError(f"slab_width is [low, high], got {self.slab_width!r}")
+        return SlabAugmentation(tuple(self.slab_mix), (float(self.slab_width[0]), float(self.slab_width[1])))
 
     @property
     def network(self) -> ModelConfig:
@@ -127,6 +145,9 @@ SCHEDULE_KEYS = (
     "batch",
     "crop",
     "inplane_scales",
+    "inplane_pairs",
+    "slab_mix",
+    "slab_width",
     "flip",
     "min_body_fraction",
     "amp",

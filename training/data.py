@@ -15,7 +15,7 @@ import numpy as np
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
 from VolumetricSRLib.volume_io import read_volume
 
-from .pseudo_pairs import first_matching_thin_slice, simulate_thick_slices, slab_profile
+from .pseudo_pairs import SlabAugmentation, first_matching_thin_slice, simulate_thick_slices, slab_profile
 
 BODY_HU = -900.0
 BODY_LEVEL = float(hu_to_unit(np.array([BODY_HU]))[0])
@@ -53,6 +53,18 @@ def load_thin_volumes(paths: list[str], scales: list[int]) -> list[list[ThinVolu
             ]
         )
     return volumes
+
+
+def inplane_views(volume: ThinVolume) -> list[ThinVolume]:
+    """The volume with each in-plane axis as the slice axis: (J, K, I) and (I, K, J) copies of a
+    (K, J, I) volume. Slabs along an in-plane axis (0.6-1 mm pixels) make pseudo pairs at the finest
+    scale the scan has, with its own noise and kernel (self-supervision as in SMORE and SR4ZCT)."""
+    rows = np.ascontiguousarray(volume.unit.transpose(1, 0, 2))
+    columns = np.ascontiguousarray(volume.unit.transpose(2, 0, 1))
+    return [
+        ThinVolume(f"{volume.name} (rows as slices)", rows, volume.scale),
+        ThinVolume(f"{volume.name} (columns as slices)", columns, volume.scale),
+    ]
 
 
 class PairSampler(ABC):
@@ -97,8 +109,17 @@ class PseudoPairSampler(PairSampler):
         noise_hu: float = 0.0,
         flip: bool = True,
         min_body_fraction: float = 0.2,
+        inplane_pairs: float = 0.0,
+        augment: SlabAugmentation | None = None,
     ) -> None:
+        """`inplane_pairs`: the share of pairs drawn with an in-plane axis of a volume (at full
+        resolution) as the slice axis (inplane_views); `augment`: a slab profile and width drawn per
+        pair instead of `slab`. Either off draws no extra random number (earlier runs replay alike)."""
+        if not 0.0 <= inplane_pairs <= 1.0:
+            raise ValueError(f"inplane_pairs is a share between 0 and 1, got {inplane_pairs}")
         self.volumes = volumes
+        self.inplane = inplane_pairs
+        self.views = [inplane_views(group[0]) for group in volumes] if inplane_pairs else []
         w = np.asarray(weights or [1.0] * len(volumes), dtype=np.float64)
         self.weights = w / w.sum()
         self.ratio = ratio
@@ -109,8 +130,12 @@ class PseudoPairSampler(PairSampler):
         self.flip = flip
         self.min_body = min_body_fraction
         self.offset = first_matching_thin_slice(ratio)
-        span = self.depth * ratio
-        for volume in (scaled for group in volumes for scaled in group):
+        self.augment = augment
+        self.margin = augment.margin(ratio) if augment is not None else 0
+        span = self.depth * ratio + 2 * self.margin
+        for volume in [scaled for group in volumes for scaled in group] + [
+            v for pair in self.views for v in pair
+        ]:
             shape = volume.unit.shape
             if shape[0] < span or shape[1] < self.height or shape[2] < self.width:
                 raise ValueError(
@@ -120,17 +145,25 @@ class PseudoPairSampler(PairSampler):
 
     def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
         r, d = self.ratio, self.depth
-        group = self.volumes[rng.choice(len(self.volumes), p=self.weights)]
-        vol = group[rng.integers(len(group))].unit
+        choice = rng.choice(len(self.volumes), p=self.weights)
+        if self.inplane and rng.random() < self.inplane:
+            vol = self.views[choice][rng.integers(2)].unit
+        else:
+            group = self.volumes[choice]
+            vol = group[rng.integers(len(group))].unit
+        span, m = d * r + 2 * self.margin, self.margin
         for _ in range(CROP_TRIES):
-            z = rng.integers(0, vol.shape[0] - d * r + 1)
+            z = rng.integers(0, vol.shape[0] - span + 1)
             y = rng.integers(0, vol.shape[1] - self.height + 1)
             x = rng.integers(0, vol.shape[2] - self.width + 1)
-            block = vol[z : z + d * r, y : y + self.height, x : x + self.width]
-            if self.has_body(block):
+            block = vol[z : z + span, y : y + self.height, x : x + self.width]
+            if self.has_body(block[m : m + d * r]):
                 break
-        thick = simulate_thick_slices(block, r, self.slab)
-        thin = block[self.offset : self.offset + (d - 1) * r + 1]
+        if self.augment is not None:
+            thick = self.augment.thick_slices(block, r, d, rng)
+        else:
+            thick = simulate_thick_slices(block, r, self.slab)
+        thin = block[m + self.offset : m + self.offset + (d - 1) * r + 1]
         if self.noise:
             thick = thick + rng.normal(0.0, self.noise, thick.shape).astype(np.float32)
         return self.finish(rng, thick, thin)

@@ -65,6 +65,11 @@ def describe_data(cfg: dict) -> dict:
             + (f", plus Gaussian noise of {cfg['noise_hu']} HU" if cfg.get("noise_hu") else "")
         ),
         "validation_volumes": [Path(p).name for p in cfg.get("val_volumes", [])],
+        **(
+            {"inplane_pairs": f"{cfg['inplane_pairs']:.0%} of the pairs along an in-plane axis"}
+            if cfg.get("inplane_pairs")
+            else {}
+        ),
     }
 
 

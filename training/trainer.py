@@ -259,6 +259,8 @@ class Trainer:
             cfg.noise_hu,
             cfg.flip,
             cfg.min_body_fraction,
+            cfg.inplane_pairs,
+            cfg.augmentation(),
         )
 
     # loop --------------------------------------------------------------------------------------

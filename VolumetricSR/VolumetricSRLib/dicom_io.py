@@ -27,6 +27,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.misc import is_dicom
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
 from pydicom.uid import (
     JPEG2000,
     JPEG2000MC,
@@ -121,6 +123,23 @@ class DicomSource:
     # the source numbers its slices against the volume's k axis (GE and Siemens number head to feet):
     # a derived series numbers its own the same way, so that viewers sorting by number scroll alike
     numbers_descend: bool = False
+    # each slice in the volume's order: (SOPClassUID, SOPInstanceUID) and its depth along the slice
+    # normal (LPS mm), so that each derived slice can name the slices it was made from
+    slices: tuple[tuple[str, str], ...] = ()
+    depths: tuple[float, ...] = ()
+
+    def sources_of(self, depth: float) -> list[tuple[str, str]]:
+        """The source slices a derived slice at `depth` (mm along the normal) was made from: the one it
+        lies on, else the two it lies between (the nearest one outside the series)."""
+        if not self.depths:
+            return []
+        depths = np.asarray(self.depths)
+        on = np.flatnonzero(np.abs(depths - depth) <= POSITION_TOLERANCE_MM)
+        if on.size:
+            return [self.slices[int(on[0])]]
+        above = int(np.searchsorted(depths, depth))
+        indices = [i for i in (above - 1, above) if 0 <= i < len(depths)]
+        return [self.slices[i] for i in indices]
 
 
 @dataclass
@@ -155,7 +174,16 @@ def read_dicom_series(folder: str | Path, series: str | None = None) -> Volume:
     array = _read_voxels(ordered, chosen.uid)
     numbers = [ds.get("InstanceNumber") for ds in (ordered[0], ordered[-1])]
     descend = None not in numbers and len(ordered) > 1 and int(numbers[0]) > int(numbers[1])
-    source = DicomSource(folder=folder, series_uid=chosen.uid, header=ordered[0], numbers_descend=descend)
+    orientation = np.array([float(v) for v in ordered[0].ImageOrientationPatient])
+    normal = np.cross(orientation[:3], orientation[3:])
+    source = DicomSource(
+        folder=folder,
+        series_uid=chosen.uid,
+        header=ordered[0],
+        numbers_descend=descend,
+        slices=tuple((str(ds.SOPClassUID), str(ds.SOPInstanceUID)) for ds in ordered),
+        depths=tuple(float(np.array([float(v) for v in ds.ImagePositionPatient]) @ normal) for ds in ordered),
+    )
     return Volume(array=array, affine=affine, path=folder, dicom=source)
 
 
@@ -542,6 +570,8 @@ def write_dicom_series(
                 dataset.SOPInstanceUID = dataset.file_meta.MediaStorageSOPInstanceUID = generate_uid()
                 descend = source is not None and source.numbers_descend
                 dataset.InstanceNumber = len(positions) - index if descend else index + 1
+                if source is not None and source.depths:
+                    dataset.SourceImageSequence = _source_images(source.sources_of(float(position @ normal)))
                 dataset.ImagePositionPatient = _ds(position)
                 dataset.SliceLocation = _ds([position @ normal])[0]
                 dataset.PixelData = voxels[index].tobytes()
@@ -618,6 +648,7 @@ def _series_dataset(synthetic: Mapping[str, str], source: DicomSource | None) ->
     dataset.SeriesInstanceUID = generate_uid()
     dataset.SeriesDescription = synthetic_series_description(synthetic.get("model", ""))
     dataset.DerivationDescription = _derivation(synthetic, source)
+    dataset.DerivationCodeSequence = [_code_item(codes.DCM.SpatialResampling)]
     dataset.SeriesDate = dataset.ContentDate = dataset.InstanceCreationDate = date
     dataset.SeriesTime = dataset.ContentTime = dataset.InstanceCreationTime = time
     dataset.Manufacturer = MANUFACTURER
@@ -639,10 +670,34 @@ def _derivation(synthetic: Mapping[str, str], source: DicomSource | None) -> str
     origin = f"series {source.series_uid}" if source is not None else f"file {synthetic.get('source', '?')}"
     architecture = synthetic.get("architecture")
     by = f"VolumetricSR ({architecture})" if architecture else "VolumetricSR"
+    resampled = synthetic.get("slice_resampling")
+    then = f"; then slices resampled: {resampled}" if resampled else ""
     return (
         f"SYNTHETIC: thin slices super-resolved by {by} model {synthetic.get('model', '?')}, "
-        f"weights sha256 {synthetic.get('model_sha256', '?')}, from {origin}; not acquired by a scanner"
+        f"weights sha256 {synthetic.get('model_sha256', '?')}, from {origin}{then}; not acquired by a scanner"
     )[:1024]
+
+
+def _code_item(code: Code) -> Dataset:
+    """A code sequence item (CodeValue, CodingSchemeDesignator, CodeMeaning) from pydicom's DICOM codes."""
+    item = Dataset()
+    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
+        code.value,
+        code.scheme_designator,
+        code.meaning,
+    )
+    return item
+
+
+def _source_images(references: list[tuple[str, str]]) -> list[Dataset]:
+    """SourceImageSequence items: each source slice, as the source of an image processing operation."""
+    items = []
+    for sop_class, sop_instance in references:
+        item = Dataset()
+        item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
+        item.PurposeOfReferenceCodeSequence = [_code_item(codes.DCM.SourceImageForImageProcessingOperation)]
+        items.append(item)
+    return items
 
 
 def _ds(values) -> list[DSfloat]:
