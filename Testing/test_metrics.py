@@ -171,3 +171,22 @@ def test_score_volume_clips_to_the_window():
 def test_bad_inputs_are_refused(call, fragment):
     with pytest.raises(ValueError, match=fragment):
         call()
+
+
+def test_detailed_scores_count_the_slices_and_tissues_they_name() -> None:
+    from VolumetricSRLib.metrics import detailed_scores
+
+    k, _, i = np.indices((31, 24, 20))
+    truth = np.where(i < 10, -800.0, np.where(i < 16, 40.0, 700.0)) + 0 * k  # lung | soft tissue | bone
+    pred = truth.copy()
+    pred[k % 5 != 0] += 30.72  # only the slices between thick slices are off, by 0.01 on the unit scale
+    pred[(k % 5 != 0) & (i >= 16)] += 30.72  # twice as far in bone
+    scores = detailed_scores(pred, truth, ratio=5)
+    between = np.full((21, 24, 20), 0.01)
+    between[:, :, 16:] = 0.02
+    assert scores["psnr_between"] == pytest.approx(-10 * np.log10(np.mean(between**2)))
+    assert scores["psnr_lung"] == pytest.approx(-10 * np.log10(0.01**2 * 16 / 21))  # 16 of 21 kept slices off
+    assert scores["psnr_bone"] == pytest.approx(-10 * np.log10(0.02**2 * 16 / 21))
+    same = detailed_scores(truth, truth, ratio=5)
+    assert same["ssim_coronal"] == pytest.approx(1.0) and same["ssim_sagittal"] == pytest.approx(1.0)
+    assert np.isnan(detailed_scores(pred[:, :, :10], truth[:, :, :10], ratio=5)["psnr_bone"])  # no bone there

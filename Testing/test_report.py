@@ -102,6 +102,29 @@ def test_p_values_compare_the_best_method_with_each_other():
     assert rows[2]["psnr_drop_vs_best"] == pytest.approx(31.1 - 20.0)
 
 
+def test_each_row_is_tested_against_the_row_below_with_a_bootstrap_interval():
+    from volumetricsr_training.report import paired_bootstrap_ci
+
+    def scored(name: str, psnr: list[float]) -> Scored:
+        rows = [{"psnr": p, "ssim": p / 100, "seconds": 1.0, "psnr_bone": p - 3} for p in psnr]
+        return Scored(MethodSpec(name, "interpolation", name), name, 0, rows, {"scored": name})
+
+    best, other, worst = [30.0, 31.0, 32.5, 29.0, 33.0], [29.5, 30.2, 32.4, 28.0, 32.0], [20.0] * 5
+    rows = summary_rows([scored("worst", worst), scored("best", best), scored("other", other)])
+    gains = np.array(best) - np.array(other)  # 0.5 0.8 0.1 1.0 1.0
+    assert rows[0]["psnr_gain_vs_below"] == pytest.approx(gains.mean())
+    assert rows[0]["psnr_p_vs_below"] == pytest.approx(0.03125)  # five positive differences: 1 / 2**5
+    low, high = rows[0]["psnr_gain_ci_low"], rows[0]["psnr_gain_ci_high"]
+    assert gains.min() <= low < gains.mean() < high <= gains.max()
+    assert (low, high) == paired_bootstrap_ci(np.array(best), np.array(other))  # fixed seed: reproducible
+    assert rows[1]["psnr_gain_vs_below"] == pytest.approx(np.mean(other) - 20.0)
+    assert rows[2]["psnr_gain_vs_below"] is None and rows[2]["psnr_p_vs_below"] is None  # the last row
+    assert rows[0]["psnr_bone_mean"] == pytest.approx(np.mean(best) - 3)
+    assert np.isnan(rows[0]["psnr_lung_mean"])  # no case gave a lung score
+    same = paired_bootstrap_ci(np.array([1.0, 1.0]), np.array([0.0, 0.0]))
+    assert same == (1.0, 1.0)
+
+
 def test_report_trains_scores_writes_and_resumes_without_redoing(tmp_path, volumes, zero_head_model, capsys):
     config = tiny_config(tmp_path, volumes[0])
     out = tmp_path / "report"
@@ -116,6 +139,9 @@ def test_report_trains_scores_writes_and_resumes_without_redoing(tmp_path, volum
     # the zero-head model predicts linear interpolation: the same scores, and its parameters counted
     psnr = {name: float(row["psnr_mean"]) for name, row in methods.items()}
     assert psnr["zero-head"] == pytest.approx(psnr["linear"], abs=1e-3)
+    assert float(methods["cubic"]["psnr_between_mean"]) < psnr["cubic"]  # slices off the input are harder
+    assert 0 < float(methods["cubic"]["ssim_coronal_mean"]) <= 1 and methods["cubic"]["psnr_lung_mean"]
+    assert "| method | PSNR between thick slices | coronal SSIM |" in (out / "report.md").read_text()
     assert int(methods["zero-head"]["parameters"]) > 0 and methods["linear"]["parameters"] == "0"
     with open(out / "cases.csv", newline="") as handle:
         cases = list(csv.DictReader(handle))

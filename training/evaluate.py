@@ -29,7 +29,7 @@ from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from VolumetricSRLib.interpolation import interpolate_slices
-from VolumetricSRLib.metrics import PROTOCOL_TRIM, score_volume
+from VolumetricSRLib.metrics import PROTOCOL_TRIM, detailed_scores, score_volume
 from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.volume_io import SUPPORTED, read_volume, volume_stem
 from VolumetricSRLib.weights import load_model
@@ -47,11 +47,21 @@ METHOD_LABELS = {
     "cubic": "cubic B-spline interpolation",
     "lanczos": "Lanczos-3 interpolation",
 }
+DETAILED_SCORES = (
+    "psnr_between",
+    "ssim_coronal",
+    "ssim_sagittal",
+    "psnr_lung",
+    "psnr_soft_tissue",
+    "psnr_bone",
+)
+"""metrics.detailed_scores, beside the protocol's PSNR and SSIM on the same slices."""
 CASE_FIELDS = (
     "case",
     "method",
     "psnr",
     "ssim",
+    *DETAILED_SCORES,
     "thick_slices",
     "scored_slices",
     "thick_spacing_mm",
@@ -200,6 +210,7 @@ def score_case(model: LoadedModel, case: EvalCase, options: PredictOptions) -> l
                 "method": method,
                 "psnr": scores["psnr"],
                 "ssim": scores["ssim"],
+                **detailed_scores(thin, case.truth, case.ratio),
                 "thick_slices": case.thick.shape[0],
                 "scored_slices": case.truth.shape[0] - 2 * PROTOCOL_TRIM,
                 "thick_spacing_mm": round(float(voxel_spacing(case.thick_affine)[2]), 4),

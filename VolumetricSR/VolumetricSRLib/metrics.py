@@ -105,6 +105,45 @@ def score_volume(
     return {"psnr": psnr(pred, truth), "ssim": ssim_axial(pred, truth)}
 
 
+TISSUES = {"lung": (-1024.0, -500.0), "soft_tissue": (-500.0, 300.0), "bone": (300.0, math.inf)}
+"""HU ranges of the truth (low inclusive, high exclusive) whose voxels the per-region PSNR counts."""
+
+
+def ssim_planes(pred: np.ndarray, truth: np.ndarray, axis: int) -> float:
+    """SSIM of each plane across `axis` of two (K, J, I) volumes (1: coronal, 2: sagittal), averaged."""
+    pred, truth = _same_shape(pred, truth)
+    return float(
+        np.mean([ssim_2d(np.take(pred, n, axis), np.take(truth, n, axis)) for n in range(pred.shape[axis])])
+    )
+
+
+def detailed_scores(
+    pred_hu: np.ndarray,
+    truth_hu: np.ndarray,
+    ratio: int,
+    window: tuple[float, float] = (HU_MIN, HU_MAX),
+    trim: int = PROTOCOL_TRIM,
+) -> dict[str, float]:
+    """Beside the protocol's scores, on the same slices: PSNR of the thin slices between thick ones only
+    (thin slice r k lies on thick slice k: "Match" slices nearly equal the input), SSIM of the coronal
+    and sagittal planes, and PSNR within the truth's lung, soft-tissue and bone HU ranges (NaN where
+    a range holds no voxel)."""
+    kept = protocol_slices(np.shape(pred_hu)[0], trim)
+    pred = hu_to_unit(np.asarray(pred_hu, dtype=np.float64)[kept], window)
+    truth = hu_to_unit(np.asarray(truth_hu, dtype=np.float64)[kept], window)
+    between = (np.arange(np.shape(pred_hu)[0])[kept] % ratio) != 0
+    scores = {
+        "psnr_between": psnr(pred[between], truth[between]) if between.any() else math.nan,
+        "ssim_coronal": ssim_planes(pred, truth, 1),
+        "ssim_sagittal": ssim_planes(pred, truth, 2),
+    }
+    truth_hu_kept = np.asarray(truth_hu, dtype=np.float64)[kept]
+    for name, (low, high) in TISSUES.items():
+        inside = (truth_hu_kept >= low) & (truth_hu_kept < high)
+        scores[f"psnr_{name}"] = psnr(pred[inside], truth[inside]) if inside.any() else math.nan
+    return scores
+
+
 def _same_shape(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
