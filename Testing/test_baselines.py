@@ -21,8 +21,7 @@ from volumetricsr_training.export import export_checkpoint
 from volumetricsr_training.methods import CONFIGS, METHODS, SHARED_BUDGET, method_config, parameter_rows
 from volumetricsr_training.trainer import Trainer
 from VolumetricSRLib import geometry
-from VolumetricSRLib.architectures import ARCHITECTURES, config_from_dict, label_of
-from VolumetricSRLib.baseline_config import BASELINES
+from VolumetricSRLib.architectures import REGISTRY, config_from_dict, label_of
 from VolumetricSRLib.cli import main as core_main
 from VolumetricSRLib.cnn_parts import depth_shuffle, planes, unplanes
 from VolumetricSRLib.intensity import hu_to_unit, to_int16_hu
@@ -33,6 +32,7 @@ from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.volume_io import read_volume, write_volume
 from VolumetricSRLib.weights import load_model, save_model
 
+BASELINES = [name for name in REGISTRY if name != "tvsrn"]
 CT = "TotalSegmentator/example_ct_sm.nii.gz"  # a training fixture; never the held-out test scans
 TINY_VIT = {"vit_patch": 4, "vit_dim": 16, "vit_layers": 1, "vit_heads": 2}
 METHOD_NAMES = [*BASELINES, "tvsrn_full", "tvsrn_no_tab", "tvsrn_encoder_only", "tvsrn_vit"]
@@ -53,7 +53,7 @@ def tiny_model(method: str, **overrides) -> dict:
     """The model table of a tiny configuration of a method (direct output unless overridden)."""
     settings = {"output": "direct", **overrides}
     if method in BASELINES:
-        return BASELINES[method].tiny(**settings).to_dict()
+        return REGISTRY[method].config.tiny(**settings).to_dict()
     variant = method.removeprefix("tvsrn_")
     extra = TINY_VIT if variant == "vit" else {}
     return TVSRNConfig.tiny(variant=variant, **extra, **settings).to_dict()
@@ -218,17 +218,18 @@ def test_each_domain_gap_source_differs_from_its_box_source_only_in_its_slab(sou
 
 
 def test_the_model_table_selects_the_architecture():
-    assert type(build_network({"arch": "saint", **BASELINES["saint"].tiny().to_dict()})).__name__ == "SAINT"
+    saint = REGISTRY["saint"].config.tiny().to_dict()
+    assert type(build_network({"arch": "saint", **saint})).__name__ == "SAINT"
     assert "arch" not in TVSRNConfig().to_dict()  # TVSRN cards and checkpoints stay as they were
     assert config_from_dict({"arch": "tvsrn", "variant": "no_tab"}) == TVSRNConfig(variant="no_tab")
-    assert config_from_dict(BASELINES["davsr"]().to_dict()) == BASELINES["davsr"]()
+    assert config_from_dict(REGISTRY["davsr"].config().to_dict()) == REGISTRY["davsr"].config()
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; choose one of .*'resvox'"):
         config_from_dict({"arch": "unet"})
     with pytest.raises(ValueError, match=r"unknown MPU-Net config keys: \['window'\]"):
         config_from_dict({"arch": "mpunet", "window": 8})
     with pytest.raises(ValueError, match="levels must be at least 1"):
         config_from_dict({"arch": "mpunet", "levels": 0})
-    assert set(ARCHITECTURES) == {"tvsrn", *BASELINES}
+    assert set(REGISTRY) == {"tvsrn", "resvox", "mpunet", "saint", "davsr"}
 
 
 def test_a_config_takes_the_settings_of_its_base(tmp_path):

@@ -22,7 +22,7 @@ from dicom_series import LPS, write_series
 from conftest import shared_ct
 from VolumetricSRLib import cli as cli_module
 from VolumetricSRLib import model_cards
-from VolumetricSRLib.baseline_config import BASELINES
+from VolumetricSRLib.architectures import REGISTRY
 from VolumetricSRLib.cli import build_parser, main, parameter_parts
 from VolumetricSRLib.cli_common import progress_bar, show_progress
 from VolumetricSRLib.geometry import thin_grid
@@ -374,7 +374,7 @@ def test_a_baseline_model_is_named_by_its_label_in_the_series_and_the_help_says_
     tmp_path: Path, small_ct: Path, capsys: pytest.CaptureFixture
 ) -> None:
     torch.manual_seed(0)
-    network = build_network(BASELINES["mpunet"].tiny(output="residual").to_dict())
+    network = build_network(REGISTRY["mpunet"].config.tiny(output="residual").to_dict())
     card = save_model(network, tmp_path, id="mpunet-x5", name="MPU-Net", trained=True)
     model = ["--model", card, "--device", "cpu"]
     code, _, err = cli(capsys, "predict", small_ct, f"{tmp_path / 'series'}/", *model)
@@ -725,4 +725,18 @@ def test_too_little_space_for_the_output_is_refused_before_the_model_loads(
     )
     # 6 slices of 32 x 32 at 5 mm -> 1 mm (no card to read: 1 mm), int16: 2 x 6 x 32 x 32 x 5 bytes
     assert code == 2 and f"{tmp_path} has 0.01 MiB free, but the output needs about 0.06 MiB" in err, err
+    assert not (tmp_path / "thin.nii.gz").exists()
+
+
+def test_the_burned_in_marker_is_for_dicom_output_and_refused_before_the_work(
+    small_ct: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    code, _, err = cli(
+        capsys, "predict", small_ct, tmp_path / "thin.nii.gz", "--burn-in-marker", "--model", "/no/such.json"
+    )
+    assert (
+        code == 2
+        and "(--burn-in-marker) is for DICOM output" in err
+        and "model" not in err.split("marker")[0]
+    )
     assert not (tmp_path / "thin.nii.gz").exists()

@@ -382,6 +382,24 @@ def test_each_derived_slice_names_the_source_slices_it_was_made_from(tmp_path: P
     assert "SourceImageSequence" not in plain and "resampled" not in plain.DerivationDescription
 
 
+def test_the_optional_marker_burns_synthetic_into_a_corner_and_says_so(tmp_path: Path) -> None:
+    array = np.random.default_rng(5).integers(-1024, 1500, size=(3, 128, 160)).astype(np.int16)
+    plain = read_back(write_dicom_series(tmp_path / "plain", array, np.eye(4), SYNTHETIC))[0]
+    assert plain[0].BurnedInAnnotation == "NO"
+    headers = read_back(
+        write_dicom_series(tmp_path / "marked", array, np.eye(4), SYNTHETIC, burn_in_marker=True)
+    )[0]
+    assert headers[0].BurnedInAnnotation == "YES"
+    pixels = np.stack([d.pixel_array for d in headers])
+    changed = pixels != array
+    assert changed.any() and (pixels[changed] == array.max()).all()  # the brightest value of the volume
+    rows, columns = np.nonzero(changed.any(axis=0))
+    assert rows.max() < array.shape[1] // 4 and columns.max() < array.shape[2] // 2  # the top left corner
+    np.testing.assert_array_equal(changed[0], changed[-1])  # the same mark on every slice
+    mark = dicom_io.synthetic_marker((512, 512))
+    assert 0 < mark.mean() < 0.02 and not mark[256:].any() and not mark[:, 300:].any()
+
+
 def test_series_contrast_and_patient_attributes_of_the_source_are_kept(tmp_path: Path) -> None:
     paths, _ = oblique_series(tmp_path / "in")
     for path in paths:  # a contrast study of a paired organ, as a GE scanner writes it

@@ -131,8 +131,3 @@ class DAVSRConfig(BaselineConfig):
     @classmethod
     def tiny(cls, **overrides) -> DAVSRConfig:
         return cls(**{"channels": 4, "blocks": 1, "head_blocks": 1, **overrides})
-
-
-BASELINES: dict[str, type[BaselineConfig]] = {
-    config.arch: config for config in (ResVoxConfig, MPUNetConfig, SAINTConfig, DAVSRConfig)
-}

@@ -173,10 +173,3 @@ class DAVSR(ThinSliceNetwork):
         thin = self.cfg.thin_depth
         return 0.5 * (sagittal + coronal) + self.fusion_tail(self.fusion(g)).view(b, thin, h, w)
 
-
-NETWORKS: dict[str, type[ThinSliceNetwork]] = {
-    "resvox": ResVox,
-    "mpunet": MPUNet,
-    "saint": SAINT,
-    "davsr": DAVSR,
-}

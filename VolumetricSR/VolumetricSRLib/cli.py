@@ -163,6 +163,12 @@ def build_parser() -> argparse.ArgumentParser:
         "wrote); with --output-dir, redo the studies whose output exists instead of skipping them",
     )
     predict.add_argument(
+        "--burn-in-marker",
+        action="store_true",
+        help="DICOM output: write the word SYNTHETIC into a corner of every slice (BurnedInAnnotation YES), "
+        "for viewers that drop the header's labels (default: off, the pixels are the prediction's)",
+    )
+    predict.add_argument(
         "--no-compress",
         dest="compress",
         action="store_false",
@@ -266,6 +272,7 @@ def run_predict(args: argparse.Namespace) -> int:
         )
     source, target = Path(args.paths[0]), args.paths[1]  # as typed: a trailing '/' asks for a DICOM folder
     output = check_output_path(source, target, args.overwrite, args.format)
+    _check_marker(args, output_format(target, args.format))
     use_physical_cores()
     volume = read_volume(source, args.series)
     check_room(output, _expected_bytes(args, volume))
@@ -326,6 +333,16 @@ class _Engines:
                 )
             self.loaded[key] = _Engine(model, card, self.options)
         return self.loaded[key]
+
+
+def _check_marker(args: argparse.Namespace, kind: str) -> None:
+    """--burn-in-marker asks for DICOM output: refused before any work otherwise."""
+    if args.burn_in_marker and kind != "dicom":
+        raise VolumeFileError(
+            "a burned-in SYNTHETIC marker (--burn-in-marker) is for DICOM output, whose viewers may drop "
+            "the header's labels; this output is a file whose header says synthetic: leave the option out, "
+            "or write DICOM (an output folder, or --format dicom)"
+        )
 
 
 def _expected_bytes(args: argparse.Namespace, volume: Volume) -> int:
@@ -464,6 +481,7 @@ def _write_thin(
         out_format=args.format,
         dicom_source=volume.dicom,
         consistency=study.consistency,
+        burn_in_marker=args.burn_in_marker,
     )
 
 
@@ -474,6 +492,7 @@ def _predict_many(args: argparse.Namespace) -> int:
             "--series chooses a series in one DICOM folder; give a single input with --series, or run the "
             "folders one at a time"
         )
+    _check_marker(args, "dicom" if args.format == "dicom" else "nifti")
     ranks = _ranks()
     output_dir = _output_folder(args.output_dir)
     studies = plan_studies([Path(path) for path in args.paths], output_dir, dicom=args.format == "dicom")

@@ -469,6 +469,22 @@ def _read_voxels(ordered: list[Dataset], uid: str) -> np.ndarray:
     return values
 
 
+MARKER_TEXT = "SYNTHETIC"
+
+
+def synthetic_marker(shape: tuple[int, int]) -> np.ndarray:
+    """(rows, columns) mask of the word SYNTHETIC in the top left corner, about a third of the width."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rows, columns = shape
+    size = max(8, columns // 20)
+    image = Image.new("L", (columns, rows), 0)
+    ImageDraw.Draw(image).text(
+        (max(1, columns // 50), max(1, rows // 50)), MARKER_TEXT, fill=255, font=ImageFont.load_default(size)
+    )
+    return np.asarray(image) > 127
+
+
 def _first_unreadable_pixels(paths: list[Path]) -> Path | None:
     """The first file whose pixel data ITK cannot read on its own, or None."""
     import SimpleITK as sitk
@@ -539,8 +555,14 @@ def write_dicom_series(
     source: DicomSource | None = None,
     overwrite: bool = False,
     comments: str | None = None,
+    burn_in_marker: bool = False,
 ) -> Path:
     """Write int16 HU voxels (K, J, I) with a RAS affine as a derived CT series, one file per slice.
+
+    `burn_in_marker` writes the word SYNTHETIC into the top left corner of every slice (at the
+    volume's highest value, so that it shows in any window) and sets BurnedInAnnotation to YES: for
+    viewers and exports that drop the header's labels. Off by default: the pixels then equal the
+    prediction's.
 
     Patient, study and frame of reference come from `source` (the DICOM input), else they are new and
     anonymous. `comments` (e.g. the consistency check's line) goes into ImageComments. The folder
@@ -564,6 +586,10 @@ def write_dicom_series(
     dataset.SliceThickness = dataset.SpacingBetweenSlices = _ds([thickness])[0]
     dataset.Rows, dataset.Columns = int(array.shape[1]), int(array.shape[2])
     voxels = np.ascontiguousarray(array, dtype="<i2")
+    if burn_in_marker:
+        voxels = voxels.copy()
+        voxels[:, synthetic_marker(voxels.shape[1:])] = voxels.max()
+        dataset.BurnedInAnnotation = "YES"
     try:
         with _atomic_folder(folder) as temporary:
             for index, position in enumerate(positions):

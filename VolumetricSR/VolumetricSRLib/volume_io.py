@@ -299,9 +299,10 @@ def write_volume(
     out_format: str = "auto",
     dicom_source: DicomSource | None = None,
     consistency: Consistency | None = None,
+    burn_in_marker: bool = False,
 ) -> Path:
     """Write (K, J, I) voxels with a RAS affine as NIfTI, NRRD (by extension) or a DICOM series
-    (see output_format), atomically.
+    (see output_format), atomically. `burn_in_marker`: DICOM only, see write_dicom_series.
 
     `compress=False` writes NRRD data raw instead of gzip (NIfTI: the extension decides).
     `synthetic` (e.g. {"model": id, "model_sha256": ..., "source": ..., "source_series_uid": ...})
@@ -328,7 +329,14 @@ def write_volume(
         from .dicom_io import write_dicom_series
 
         comments = consistency.line() if consistency is not None else None
-        return write_dicom_series(path, array, affine, synthetic or {}, dicom_source, overwrite, comments)
+        return write_dicom_series(
+            path, array, affine, synthetic or {}, dicom_source, overwrite, comments, burn_in_marker
+        )
+    if burn_in_marker:
+        raise VolumeFileError(
+            f"a burned-in SYNTHETIC marker (--burn-in-marker) is for DICOM output; {path.name} is {kind}, "
+            "whose header already says synthetic: leave the option out, or write DICOM"
+        )
     labels = _nrrd_labels(synthetic, consistency) if kind == "nrrd" else None
     suffix = ".nii.gz" if path.name.lower().endswith(".nii.gz") else path.suffix
     try:
