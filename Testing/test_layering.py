@@ -59,6 +59,7 @@ def test_the_mrml_adapter_imports_no_qt_and_no_torch(path: Path) -> None:
         "output_plan.py",
         "checks.py",
         "events.py",
+        "volume.py",
     ],
 )
 def test_what_the_gui_process_loads_of_the_core_needs_no_torch(name: str) -> None:
@@ -103,3 +104,43 @@ def test_the_training_package_uses_relative_imports_between_its_modules() -> Non
         path.name for path in TRAINING.glob("*.py") if "volumetricsr_training" in imported_roots(path)
     }
     assert absolute == set()
+
+
+def package_imports(path: Path, package: str) -> set[str]:
+    """Modules of the same package a file imports anywhere (functions included; `if TYPE_CHECKING:`
+    blocks are left out: they import nothing when the code runs)."""
+    found: set[str] = set()
+
+    class Imports(ast.NodeVisitor):
+        def visit_If(self, node: ast.If) -> None:
+            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
+                for child in node.orelse:
+                    self.visit(child)
+                return
+            self.generic_visit(node)
+
+        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
+            if node.level == 1:
+                found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
+            elif node.module and node.module.split(".")[0] == package and "." in node.module:
+                found.add(node.module.split(".")[1])
+
+    Imports().visit(ast.parse(path.read_text(encoding="utf-8")))
+    return found
+
+
+@pytest.mark.parametrize(("folder", "package"), [(CORE, "VolumetricSRLib"), (MRML, "VolumetricSRMRML")])
+def test_no_import_cycle_even_inside_functions(folder: Path, package: str) -> None:
+    graph = {path.stem: package_imports(path, package) for path in folder.glob("*.py")}
+    done: set[str] = set()
+
+    def visit(module: str, trail: tuple[str, ...]) -> None:
+        assert module not in trail, f"import cycle: {' -> '.join((*trail, module))}"
+        if module in done:
+            return
+        for imported in graph.get(module, ()):
+            visit(imported, (*trail, module))
+        done.add(module)
+
+    for module in graph:
+        visit(module, ())

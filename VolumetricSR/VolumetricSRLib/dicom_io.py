@@ -27,8 +27,6 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.misc import is_dicom
-from pydicom.sr.codedict import codes
-from pydicom.sr.coding import Code
 from pydicom.uid import (
     JPEG2000,
     JPEG2000MC,
@@ -44,7 +42,7 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DSfloat
 
-from .volume_io import LPS_TO_RAS, Volume, VolumeFileError, synthetic_series_description
+from .volume import LPS_TO_RAS, Volume, VolumeFileError, synthetic_series_description
 
 POSITION_TOLERANCE_MM = 0.01  # as Slicer's DICOM scalar volume loader
 ORIENTATION_TOLERANCE = 1e-4
@@ -674,7 +672,7 @@ def _series_dataset(synthetic: Mapping[str, str], source: DicomSource | None) ->
     dataset.SeriesInstanceUID = generate_uid()
     dataset.SeriesDescription = synthetic_series_description(synthetic.get("model", ""))
     dataset.DerivationDescription = _derivation(synthetic, source)
-    dataset.DerivationCodeSequence = [_code_item(codes.DCM.SpatialResampling)]
+    dataset.DerivationCodeSequence = [_code_item("SpatialResampling")]
     dataset.SeriesDate = dataset.ContentDate = dataset.InstanceCreationDate = date
     dataset.SeriesTime = dataset.ContentTime = dataset.InstanceCreationTime = time
     dataset.Manufacturer = MANUFACTURER
@@ -704,8 +702,12 @@ def _derivation(synthetic: Mapping[str, str], source: DicomSource | None) -> str
     )[:1024]
 
 
-def _code_item(code: Code) -> Dataset:
-    """A code sequence item (CodeValue, CodingSchemeDesignator, CodeMeaning) from pydicom's DICOM codes."""
+def _code_item(name: str) -> Dataset:
+    """A code sequence item (CodeValue, CodingSchemeDesignator, CodeMeaning) of a DICOM (DCM) code, by
+    its keyword in pydicom's code dictionary (loaded on first use: it takes a moment to import)."""
+    from pydicom.sr.codedict import codes
+
+    code = getattr(codes.DCM, name)
     item = Dataset()
     item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = (
         code.value,
@@ -721,7 +723,7 @@ def _source_images(references: list[tuple[str, str]]) -> list[Dataset]:
     for sop_class, sop_instance in references:
         item = Dataset()
         item.ReferencedSOPClassUID, item.ReferencedSOPInstanceUID = sop_class, sop_instance
-        item.PurposeOfReferenceCodeSequence = [_code_item(codes.DCM.SourceImageForImageProcessingOperation)]
+        item.PurposeOfReferenceCodeSequence = [_code_item("SourceImageForImageProcessingOperation")]
         items.append(item)
     return items
 

@@ -2,7 +2,8 @@
 NRRD (.nrrd, .nhdr) and MetaImage (.mha, .mhd) with SimpleITK, and DICOM series folders (dicom_io).
 
 SimpleITK, nibabel and the DICOM module are imported on first use: Slicer's GUI process imports this
-module and must stay light.
+module and must stay light. The volume type, its error and the synthetic labels live in `volume`,
+which the DICOM module imports too: no import cycle.
 """
 
 from __future__ import annotations
@@ -12,14 +13,18 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .atomic import atomic_path
-from .geometry import voxel_spacing
+from .volume import LPS_TO_RAS as LPS_TO_RAS
+from .volume import SYNTHETIC_LABEL as SYNTHETIC_LABEL
+from .volume import Volume as Volume
+from .volume import VolumeFileError as VolumeFileError
+from .volume import synthetic_description as synthetic_description
+from .volume import synthetic_series_description as synthetic_series_description
 
 if TYPE_CHECKING:
     from .consistency import Consistency
@@ -28,36 +33,12 @@ if TYPE_CHECKING:
 SUPPORTED = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITABLE = (".nii", ".nii.gz", ".nrrd")
 FORMATS = ("auto", "dicom")
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # LPS <-> RAS (its own inverse); dicom_io uses it too
 # numpy types SimpleITK stores as scalar voxels
 _ITK_DTYPES = frozenset(
     np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64, np.uint64)
 ) | {np.dtype(np.float32), np.dtype(np.float64)}
 
-SYNTHETIC_LABEL = "SYNTHETIC thin CT (VolumetricSR super-resolution)"
 NIFTI_COMMENT_CODE = 6  # NIfTI-1 header extension code "comment": free text (here one JSON object)
-
-
-class VolumeFileError(ValueError):
-    """A volume file cannot be read or written; the message says why and what to do."""
-
-
-@dataclass
-class Volume:
-    """A 3D volume: `array` (K, J, I) in the stored dtype, `affine` mapping (i, j, k, 1) to RAS (mm).
-
-    `dicom` tells which DICOM series a volume read from a DICOM folder came from (None otherwise).
-    """
-
-    array: np.ndarray
-    affine: np.ndarray
-    path: Path | None = None
-    dicom: DicomSource | None = None
-
-    @property
-    def spacing(self) -> np.ndarray:
-        """Voxel spacing along i, j, k in mm (zero where the file gives none)."""
-        return voxel_spacing(self.affine)
 
 
 def volume_stem(path: str | Path) -> str:
@@ -326,9 +307,9 @@ def write_volume(
     if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
         raise VolumeFileError("the voxel-to-world matrix must be a finite 4 x 4 matrix")
     if kind == "dicom":
+        comments = consistency.line() if consistency is not None else None
         from .dicom_io import write_dicom_series
 
-        comments = consistency.line() if consistency is not None else None
         return write_dicom_series(
             path, array, affine, synthetic or {}, dicom_source, overwrite, comments, burn_in_marker
         )
@@ -348,17 +329,6 @@ def write_volume(
     except OSError as exc:
         raise VolumeFileError(f"cannot write {path}: {exc.strerror or exc}") from exc
     return path
-
-
-def synthetic_description(synthetic: Mapping[str, str]) -> str:
-    """One line that says a volume is synthetic and which model made it (80 characters at most)."""
-    model = synthetic.get("model", "")
-    return f"{SYNTHETIC_LABEL}, model {model}"[:80] if model else SYNTHETIC_LABEL
-
-
-def synthetic_series_description(model: str) -> str:
-    """SeriesDescription of a synthetic DICOM series: 'SYNTHETIC thin CT VolumetricSR <model>' (<= 64)."""
-    return f"SYNTHETIC thin CT VolumetricSR {model}".strip()[:64]
 
 
 def _consistency_fields(consistency: Consistency) -> dict[str, str]:
