@@ -41,6 +41,28 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _finetune(args: argparse.Namespace) -> int:
+    from .finetune import finetune
+
+    run_dir = args.run_dir or f"runs/finetune_{args.id}"
+    finetune(
+        args.model,
+        args.thin,
+        run_dir,
+        args.out,
+        model_id=args.id,
+        name=args.name,
+        held_out=args.held_out,
+        steps=args.steps,
+        lr=args.lr,
+        crop=args.crop,
+        device=args.device,
+        threads=args.threads,
+        set_default=args.set_default,
+    )
+    return 0
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from VolumetricSRLib.predictor import PredictOptions
 
@@ -207,6 +229,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--tile", type=int, help="in-plane tile size (default: whole slices)")
     evaluate.add_argument("--batch", type=int, default=1, help="pieces per network call")
     evaluate.set_defaults(func=_evaluate)
+
+    tune = sub.add_parser(
+        "finetune",
+        help="fine-tune a model on a site's thin CT (pseudo pairs), scored on held-out scans before, after",
+    )
+    tune.add_argument("--model", required=True, help="the parent: a bundled model id or a model file")
+    tune.add_argument(
+        "--thin", nargs="+", required=True, metavar="PATH", help="the site's thin volumes or folders"
+    )
+    tune.add_argument("--held-out", type=int, default=1, help="volumes held out for scoring (default 1)")
+    tune.add_argument("--id", required=True, help="the new model's id (file name)")
+    tune.add_argument("--name", required=True, help="the new model's name")
+    tune.add_argument(
+        "--out", default="Resources/Models", help="where the new model goes (default Resources/Models)"
+    )
+    tune.add_argument("--run-dir", help="the training run's folder (default runs/finetune_ID); rerun resumes")
+    tune.add_argument("--steps", type=int, default=500, help="training steps (default 500)")
+    tune.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    tune.add_argument("--crop", type=int, default=64, help="in-plane crop size (default 64)")
+    tune.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    tune.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
+    tune.add_argument(
+        "--set-default", action="store_true", help="make it the default model, only if it beats its parent"
+    )
+    tune.set_defaults(func=_finetune)
 
     export = sub.add_parser("export", help="checkpoint -> <id>.safetensors + <id>.json model card")
     export.add_argument("checkpoint", help="last.pt, best.pt or step_N.pt of a run")

@@ -212,6 +212,8 @@ class Trainer:
         That run (and any it continued) is recorded in the lineage, which the model card reports.
         """
         path = Path(path)
+        if path.suffix.lower() != ".pt":
+            return self._start_from_model(str(path))
         if not path.is_file():
             raise FileNotFoundError(f"init_from checkpoint not found: {path}")
         state = read_checkpoint(path, self.device)
@@ -227,6 +229,27 @@ class Trainer:
         }
         self.lineage = [*json.loads(state.get("lineage", "[]")), this_run]
         return int(state["step"])
+
+    def _start_from_model(self, model: str) -> int:
+        """Begin with the weights of a model file or bundled model (its card is the lineage's record)."""
+        from VolumetricSRLib.architectures import config_from_dict
+        from VolumetricSRLib.weights import load_model
+
+        network, card = load_model(model, device="cpu")
+        if config_from_dict(card.architecture) != config_from_dict(self.cfg.model):
+            raise ValueError(f"{card.id} is a {card.architecture} network, not the config's {self.cfg.model}")
+        self.model.load_state_dict(network.state_dict())
+        training = card.training or {}
+        this_run = {
+            "model": card.id,
+            "model_sha256": card.sha256,
+            "steps": int(training.get("steps") or 0),
+            "minutes": float(training.get("minutes") or 0.0),
+            "hardware": [str(training.get("hardware", "not recorded"))],
+            "schedule": dict(training.get("schedule", {})),
+        }
+        self.lineage = [this_run]
+        return this_run["steps"]
 
     def _check_model(self, saved: dict, path: Path) -> None:
         if saved["model"] != self.cfg.model:

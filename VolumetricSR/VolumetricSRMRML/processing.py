@@ -175,6 +175,8 @@ class SuperResolutionJob:
         python: str | None = None,
     ) -> None:
         check_input_volume(input_node)
+        if input_node.GetScene() is None:
+            raise VolumeNodeError(f"{input_node.GetName()} is not in a scene: add it to the scene first")
         check_output_volume(input_node, output_node)
         self._input, self._output = input_node, output_node
         self._transform_kind = parent_transform_kind(input_node)
