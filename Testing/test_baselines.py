@@ -225,7 +225,7 @@ def test_the_model_table_selects_the_architecture():
     assert config_from_dict(REGISTRY["davsr"].config().to_dict()) == REGISTRY["davsr"].config()
     with pytest.raises(ValueError, match=r"unknown architecture 'unet'; choose one of .*'resvox'"):
         config_from_dict({"arch": "unet"})
-    with pytest.raises(ValueError, match=r"unknown MPU-Net config keys: \['window'\]"):
+    with pytest.raises(ValueError, match=r"unknown MPU-Net, L1 only config keys: \['window'\]"):
         config_from_dict({"arch": "mpunet", "window": 8})
     with pytest.raises(ValueError, match="levels must be at least 1"):
         config_from_dict({"arch": "mpunet", "levels": 0})

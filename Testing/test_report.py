@@ -26,7 +26,7 @@ from volumetricsr_training.report import (
     place_labels,
     summary_rows,
 )
-from VolumetricSRLib.baseline_config import BASELINES
+from VolumetricSRLib.architectures import REGISTRY
 from VolumetricSRLib.phantom import chest_phantom
 from VolumetricSRLib.volume_io import write_volume
 from VolumetricSRLib.weights import save_model
@@ -62,8 +62,9 @@ def zero_head_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def tiny_config(folder: Path, train_volume: Path, steps: int = 6) -> Path:
     """A SAINT of the tiny size trained for a few steps on one phantom (run folder inside `folder`)."""
+    saint = REGISTRY["saint"].config.tiny().to_dict()
     settings = {
-        "run_dir": str(folder / "run"), "model": {"arch": "saint", **BASELINES["saint"].tiny().to_dict()},
+        "run_dir": str(folder / "run"), "model": {"arch": "saint", **saint},
         "train_volumes": [str(train_volume)], "crop": [4, 16, 16], "batch": 2, "steps": steps, "lr": 3e-3,
         "warmup": 1, "log_every": 1, "device": "cpu", "threads": 1, "progress": False, "snapshot_every": 0,
         "tensorboard": False, "plot": False, "checkpoint_minutes": 5.0,

@@ -1,6 +1,11 @@
 """Hyper-parameters of the CNN baselines the RPLHR-CT paper compares TVSRN with; plain dataclasses that
 need no torch (model cards are read without it). The networks themselves: baselines.py.
 
+They are our own smaller versions, not the published networks, and their labels say so wherever they
+appear: ResVox without its adversarial loss, MPU-Net with the L1 loss only (not its own losses),
+SAINT-lite (residual blocks, one stage; the published SAINT has an RDN backbone, a filter-generating
+network and two-stage training), DA-VSR without its test-time adaptation.
+
 Every config has TVSRNConfig's contract: `ratio`, `depth`, `thin_depth`, `output` ("direct" or
 "residual"), `to_dict` / `from_dict`, `tiny()`. `to_dict` records the architecture's name under "arch".
 """
@@ -72,7 +77,7 @@ class ResVoxConfig(BaselineConfig):
     noise-reduction part; `blocks` 3D residual blocks of `channels` features, sub-voxel depth upsampling."""
 
     arch: ClassVar[str] = "resvox"
-    label: ClassVar[str] = "ResVox"
+    label: ClassVar[str] = "ResVox without GAN"
     blocks: int = 6
 
 
@@ -82,7 +87,7 @@ class MPUNetConfig(BaselineConfig):
     times (doubling the width) and upsamples depth at every scale, coarse to fine."""
 
     arch: ClassVar[str] = "mpunet"
-    label: ClassVar[str] = "MPU-Net"
+    label: ClassVar[str] = "MPU-Net, L1 only"
     channels: int = 16
     blocks: int = 1
     levels: int = 2
@@ -98,7 +103,7 @@ class SAINTConfig(BaselineConfig):
     with position-generated filters; a residual fusion network merges both on axial slices."""
 
     arch: ClassVar[str] = "saint"
-    label: ClassVar[str] = "SAINT"
+    label: ClassVar[str] = "SAINT-lite"
     blocks: int = 6
     neighbours: int = 3
     fusion_channels: int = 32
@@ -124,7 +129,7 @@ class DAVSRConfig(BaselineConfig):
     (sagittal and coronal planes, x ratio along depth) and a fusion head on axial slices."""
 
     arch: ClassVar[str] = "davsr"
-    label: ClassVar[str] = "DA-VSR"
+    label: ClassVar[str] = "DA-VSR without adaptation"
     blocks: int = 4
     head_blocks: int = 1
 
