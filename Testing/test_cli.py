@@ -382,12 +382,12 @@ def test_a_baseline_model_is_named_by_its_label_in_the_series_and_the_help_says_
     headers, _ = read_dicom_back(tmp_path / "series")
     derivation = headers[0].DerivationDescription
     assert derivation.startswith(
-        "SYNTHETIC: thin slices super-resolved by VolumetricSR (MPU-Net) model mpunet"
+        "SYNTHETIC: thin slices super-resolved by VolumetricSR (MPU-Net, L1 only) model mpunet"
     )
     assert "TVSRN" not in derivation
     nrrd = tmp_path / "thin.nrrd"
     assert cli(capsys, "predict", small_ct, nrrd, *model)[0] == 0
-    assert "VolumetricSR_architecture:=MPU-Net" in nrrd.read_bytes()[:4000].decode("latin-1")
+    assert "VolumetricSR_architecture:=MPU-Net, L1 only" in nrrd.read_bytes()[:4000].decode("latin-1")
 
     description = build_parser().description
     assert description.endswith("with the model (TVSRN by default).") and "with TVSRN" not in description
