@@ -15,6 +15,7 @@ from VolumetricSRLib.geometry import (
     SpacingWarning,
     check_slice_spacing,
     slice_axis_first,
+    slice_spacing,
     spaced_grid,
     thick_axis,
     thin_grid,
@@ -203,3 +204,12 @@ def test_slice_axis_first_keeps_every_voxel_at_its_world_position_and_is_its_own
     back, back_affine = slice_axis_first(moved, moved_affine, axis)
     np.testing.assert_array_equal(back, array)
     np.testing.assert_array_equal(back_affine, affine)
+
+
+@pytest.mark.parametrize(
+    ("spacing", "expected"), [((0.7, 0.8, 5.0), 5.0), ((0.7, 3.0, 0.8), 3.0), ((2.5, 0.6, 0.6), 2.5)]
+)
+def test_slice_spacing_is_the_spacing_along_the_thick_axis_wherever_it_lies(spacing, expected) -> None:
+    assert slice_spacing(np.diag([*spacing, 1.0])) == expected
+    with pytest.raises(GeometryError, match="no clear slice axis"):
+        slice_spacing(np.diag([1.0, 1.0, 1.0, 1.0]))

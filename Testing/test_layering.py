@@ -78,6 +78,11 @@ def training_imports(path: Path) -> set[str]:
 def test_the_training_modules_import_each_other_without_a_cycle() -> None:
     graph = {path.stem: training_imports(path) for path in TRAINING.glob("*.py")}
     assert graph["checkpoints"] == set() and "trainer" not in graph["evaluate"] | graph["export"]
+    assert_no_cycle(graph)
+
+
+def assert_no_cycle(graph: dict[str, set[str]]) -> None:
+    """Fail with the cycle's path when following imports from any module comes back to it."""
     done: set[str] = set()
 
     def visit(module: str, trail: tuple[str, ...]) -> None:
@@ -131,16 +136,4 @@ def package_imports(path: Path, package: str) -> set[str]:
 
 @pytest.mark.parametrize(("folder", "package"), [(CORE, "VolumetricSRLib"), (MRML, "VolumetricSRMRML")])
 def test_no_import_cycle_even_inside_functions(folder: Path, package: str) -> None:
-    graph = {path.stem: package_imports(path, package) for path in folder.glob("*.py")}
-    done: set[str] = set()
-
-    def visit(module: str, trail: tuple[str, ...]) -> None:
-        assert module not in trail, f"import cycle: {' -> '.join((*trail, module))}"
-        if module in done:
-            return
-        for imported in graph.get(module, ()):
-            visit(imported, (*trail, module))
-        done.add(module)
-
-    for module in graph:
-        visit(module, ())
+    assert_no_cycle({path.stem: package_imports(path, package) for path in folder.glob("*.py")})

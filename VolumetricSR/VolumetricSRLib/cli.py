@@ -33,7 +33,7 @@ from .cli_common import add_model_and_device_arguments, progress_bar, show_progr
 from .device import DeviceError, describe_device, resolve_device, use_physical_cores
 from .events import Devices, Done, Failed, Fallback, Progress, Summary, Warned, emit
 from .events import Study as StudyEvent
-from .geometry import GeometryError, thick_axis, voxel_spacing
+from .geometry import GeometryError, slice_spacing, voxel_spacing
 from .model_cards import ModelCard, model_for_slices, read_card, resolve_card_path
 from .network import TVSRN, VARIANTS, TVSRNConfig
 from .network_config import PAPER_PARAMETERS, SIZES
@@ -320,8 +320,7 @@ class _Engines:
         """The engine of one study."""
         if self.args.model is not None:
             return self._engine(self.args.model)
-        slice_mm = float(voxel_spacing(volume.affine)[::-1][thick_axis(volume.affine)])
-        return self._engine(model_for_slices(slice_mm, self.args.spacing))
+        return self._engine(_model_for(self.args, slice_spacing(volume.affine)))
 
     def _engine(self, model_path: str | Path) -> _Engine:
         key = str(model_path)
@@ -348,16 +347,20 @@ def _check_marker(args: argparse.Namespace, kind: str) -> None:
 def _expected_bytes(args: argparse.Namespace, volume: Volume) -> int:
     """About how many bytes the thin output of `volume` takes (int16, uncompressed): its thin spacing is
     --spacing, else the card's of the model that will run (1 mm where no card can be read)."""
-    axis = thick_axis(volume.affine)
-    input_mm = float(voxel_spacing(volume.affine)[::-1][axis])
+    input_mm = slice_spacing(volume.affine)
     thin_mm = args.spacing
     if thin_mm is None:
         try:
-            path = resolve_card_path(args.model) if args.model else model_for_slices(input_mm)
-            thin_mm = read_card(path).thin_spacing_mm if path is not None else None
+            path = _model_for(args, input_mm)
+            thin_mm = read_card(resolve_card_path(path)).thin_spacing_mm if path is not None else None
         except ModelFileError:
             thin_mm = None
     return int(2 * volume.array.size * input_mm / (thin_mm or 1.0))
+
+
+def _model_for(args: argparse.Namespace, slice_mm: float) -> str | Path | None:
+    """The model a study of `slice_mm` slices runs: --model, else the bundled one for its thickness."""
+    return args.model if args.model is not None else model_for_slices(slice_mm, args.spacing)
 
 
 def _device_of_rank(requested: str, ranks: Ranks) -> str:

@@ -88,6 +88,11 @@ def thick_axis(affine: np.ndarray) -> int:
     return int(order[2])
 
 
+def slice_spacing(affine: np.ndarray) -> float:
+    """The spacing in mm of the slices: along the array axis thick_axis finds (GeometryError if none)."""
+    return float(voxel_spacing(affine)[2 - thick_axis(affine)])
+
+
 def slice_axis_first(array: np.ndarray, affine: np.ndarray, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Swap array axis `axis` with axis 0 and the matching affine columns: the same voxels at the same
     world positions. Its own inverse: calling it again with the same axis restores the layout."""

@@ -25,7 +25,7 @@ import vtk
 
 from VolumetricSRLib.child_run import ChildError, ChildRun, core_command, slicer_python
 from VolumetricSRLib.events import Devices, Done, Event, Fallback, Progress, Warned
-from VolumetricSRLib.geometry import SpacingWarning, thick_axis, voxel_spacing
+from VolumetricSRLib.geometry import SpacingWarning, slice_spacing, thick_axis, voxel_spacing
 from VolumetricSRLib.model_cards import model_for_slices, read_card, resolve_card_path
 from VolumetricSRLib.output_plan import plan_output
 from VolumetricSRLib.volume_io import read_volume, write_volume
@@ -116,8 +116,7 @@ class RunSettings:
         """Refuse, before any process starts, what the child would refuse about the output (a spacing
         not finer than the input's, consistency that cannot be enforced), in the command line's words;
         the number of output voxels to expect. GeometryError, InputError or ModelFileError."""
-        axis = thick_axis(affine)
-        input_mm = float(voxel_spacing(affine)[2 - axis])
+        axis, input_mm = thick_axis(affine), slice_spacing(affine)
         if self.model:
             card_path = resolve_card_path(self.model)
         else:
