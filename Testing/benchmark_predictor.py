@@ -31,19 +31,19 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "VolumetricSR"))
 
-from VolumetricSRLib.allocator import peak_rss_bytes  # noqa: E402
-from VolumetricSRLib.device import cpu_model, describe_device, resolve_device, use_physical_cores  # noqa: E402
-from VolumetricSRLib.network import TVSRN, reference_layers  # noqa: E402
-from VolumetricSRLib.phantom import chest_phantom, simulate_thick  # noqa: E402
-from VolumetricSRLib.predictor import (  # noqa: E402
+from VolumetricSRLib.inference.allocator import peak_rss_bytes  # noqa: E402
+from VolumetricSRLib.inference.device import cpu_model, describe_device, resolve_device, use_physical_cores  # noqa: E402
+from VolumetricSRLib.inference.predictor import (  # noqa: E402
     PredictOptions,
     auto_batch,
     bf16_cpu_supported,
     plan_tiling,
     super_resolve_hu,
 )
-from VolumetricSRLib.volume_io import read_volume  # noqa: E402
-from VolumetricSRLib.weights import default_model_path, load_model  # noqa: E402
+from VolumetricSRLib.io.volume_io import read_volume  # noqa: E402
+from VolumetricSRLib.models.tvsrn import TVSRN, reference_layers  # noqa: E402
+from VolumetricSRLib.models.weights import default_model_path, load_model  # noqa: E402
+from VolumetricSRLib.phantom import chest_phantom, simulate_thick  # noqa: E402
 
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "avx512_fp16")
 

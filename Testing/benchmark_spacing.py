@@ -29,12 +29,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "VolumetricSR"))
 
 from VolumetricSRLib.geometry import spaced_grid, voxel_spacing  # noqa: E402
+from VolumetricSRLib.inference.predictor import PredictOptions  # noqa: E402
+from VolumetricSRLib.inference.slice_resampling import resample_slices  # noqa: E402
+from VolumetricSRLib.inference.study import StudyOptions, super_resolve_study  # noqa: E402
+from VolumetricSRLib.io.volume_io import read_volume  # noqa: E402
 from VolumetricSRLib.metrics import score_volume  # noqa: E402
-from VolumetricSRLib.predictor import PredictOptions  # noqa: E402
-from VolumetricSRLib.slice_resampling import resample_slices  # noqa: E402
-from VolumetricSRLib.study import StudyOptions, super_resolve_study  # noqa: E402
-from VolumetricSRLib.volume_io import read_volume  # noqa: E402
-from VolumetricSRLib.weights import default_model_path, load_model  # noqa: E402
+from VolumetricSRLib.models.weights import default_model_path, load_model  # noqa: E402
 
 CT = REPO.parent / "shared" / "data" / "ct"
 CASES = (  # name, file, thick spacing, output spacing

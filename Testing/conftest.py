@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO / "VolumetricSR"))
 sys.path.insert(0, str(REPO))
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))  # CI also runs the suite on 1
 
-from VolumetricSRLib.network import TVSRN, TVSRNConfig  # noqa: E402  (after the path set-up above)
+from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig  # noqa: E402  (after the path set-up above)
 
 PHANTOM_CT_SHAPE = (30, 101, 122)  # slices, rows, columns: the size of the small real training fixture
 REAL_TRAINING_CT = "TotalSegmentator/example_ct_sm.nii.gz"  # a training fixture; never a held-out scan
@@ -37,8 +37,8 @@ REAL_TRAINING_CT = "TotalSegmentator/example_ct_sm.nii.gz"  # a training fixture
 def phantom_ct() -> Path:
     """A synthetic chest CT (NIfTI, 3 mm slices of 1.5 mm pixels), written once per test session:
     the input of the training, export and predict tests on a fresh clone without ../shared."""
+    from VolumetricSRLib.io.volume_io import write_volume
     from VolumetricSRLib.phantom import chest_phantom
-    from VolumetricSRLib.volume_io import write_volume
 
     folder = Path(tempfile.mkdtemp(prefix="volumetricsr-phantom-"))
     atexit.register(shutil.rmtree, folder, ignore_errors=True)
@@ -65,7 +65,7 @@ def shared_ct(relative: str) -> Path:
 def linear_model_card(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Card of an untrained tiny TVSRN with the residual output: its head starts at zero, so it
     predicts linear interpolation exactly, and a child process running it gives known voxels."""
-    from VolumetricSRLib.weights import save_model
+    from VolumetricSRLib.models.weights import save_model
 
     network = tiny_tvsrn(ratio=5, output="residual")
     folder = tmp_path_factory.mktemp("linear-model")

@@ -21,11 +21,11 @@ sys.path.insert(0, str(REPO / "VolumetricSR"))
 import slicer  # noqa: E402
 
 from VolumetricSRLib.geometry import thin_grid  # noqa: E402
+from VolumetricSRLib.inference.interpolation import interpolate_slices  # noqa: E402
 from VolumetricSRLib.intensity import to_int16_hu  # noqa: E402
-from VolumetricSRLib.interpolation import interpolate_slices  # noqa: E402
+from VolumetricSRLib.io.volume_io import read_volume  # noqa: E402
+from VolumetricSRLib.models.weights import ModelFileError  # noqa: E402
 from VolumetricSRLib.phantom import simulate_thick  # noqa: E402
-from VolumetricSRLib.volume_io import read_volume  # noqa: E402
-from VolumetricSRLib.weights import ModelFileError  # noqa: E402
 from VolumetricSRMRML.review_layout import apply_window_preset  # noqa: E402
 from VolumetricSRMRML.review_render import HeadlessViews, render_review  # noqa: E402
 from VolumetricSRMRML.volume_nodes import write_thin_volume  # noqa: E402
@@ -58,8 +58,8 @@ def thin_volume(args: argparse.Namespace, thick, thick_affine):
             thin_grid(thick_affine, thick.shape[0], RATIO).affine,
             ("cubic slice interpolation (stand-in)"),
         )
-    from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
-    from VolumetricSRLib.weights import NoModelError, default_model_path, load_model
+    from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
+    from VolumetricSRLib.models.weights import NoModelError, default_model_path, load_model
 
     reference = args.model or default_model_path()
     if reference is None:

@@ -7,8 +7,8 @@ import resource
 import numpy as np
 import pytest
 
-from VolumetricSRLib import allocator
-from VolumetricSRLib.allocator import peak_rss_bytes, reuse_freed_memory, reuse_supported
+from VolumetricSRLib.inference import allocator
+from VolumetricSRLib.inference.allocator import peak_rss_bytes, reuse_freed_memory, reuse_supported
 
 BLOCK_FLOATS = 16 * 2**20  # 64 MB, above glibc's largest mmap threshold
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from torch import nn
 
-from VolumetricSRLib.architectures import REGISTRY, Architecture, config_from_dict, label_of, register
-from VolumetricSRLib.baseline_config import BaselineConfig
-from VolumetricSRLib.network import ThinSliceNetwork
-from VolumetricSRLib.networks import build_network
+from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
+from VolumetricSRLib.models.architectures import REGISTRY, Architecture, config_from_dict, label_of, register
+from VolumetricSRLib.models.baseline_config import BaselineConfig
+from VolumetricSRLib.models.networks import build_network
+from VolumetricSRLib.models.tvsrn import ThinSliceNetwork
+from VolumetricSRLib.models.weights import load_model, save_model
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
-from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
-from VolumetricSRLib.weights import load_model, save_model
 
 
 @dataclass(frozen=True)

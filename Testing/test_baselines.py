@@ -21,16 +21,16 @@ from volumetricsr_training.export import export_checkpoint
 from volumetricsr_training.methods import CONFIGS, METHODS, SHARED_BUDGET, method_config, parameter_rows
 from volumetricsr_training.trainer import Trainer
 from VolumetricSRLib import geometry
-from VolumetricSRLib.architectures import REGISTRY, config_from_dict, label_of
-from VolumetricSRLib.cli import main as core_main
-from VolumetricSRLib.cnn_parts import depth_shuffle, planes, unplanes
+from VolumetricSRLib.app.cli import main as core_main
+from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.intensity import hu_to_unit, to_int16_hu
-from VolumetricSRLib.network import TVSRNConfig, depth_interpolation_matrix
-from VolumetricSRLib.networks import build_network
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models.architectures import REGISTRY, config_from_dict, label_of
+from VolumetricSRLib.models.cnn_parts import depth_shuffle, planes, unplanes
+from VolumetricSRLib.models.networks import build_network
+from VolumetricSRLib.models.tvsrn import TVSRNConfig, depth_interpolation_matrix
+from VolumetricSRLib.models.weights import load_model, save_model
 from VolumetricSRLib.phantom import chest_phantom
-from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
-from VolumetricSRLib.volume_io import read_volume, write_volume
-from VolumetricSRLib.weights import load_model, save_model
 
 BASELINES = [name for name in REGISTRY if name != "tvsrn"]
 CT = "TotalSegmentator/example_ct_sm.nii.gz"  # a training fixture; never the held-out test scans
@@ -245,7 +245,8 @@ def test_a_config_takes_the_settings_of_its_base(tmp_path):
 def test_model_cards_still_name_every_architecture_without_torch():
     """Slicer's GUI process reads cards of any architecture and never imports torch."""
     code = (
-        "import sys; from VolumetricSRLib import model_cards; from VolumetricSRLib.architectures import "
-        "config_from_dict; config_from_dict({'arch': 'saint'}); assert 'torch' not in sys.modules"
+        "import sys; from VolumetricSRLib.models import model_cards; "
+        "from VolumetricSRLib.models.architectures import config_from_dict; "
+        "config_from_dict({'arch': 'saint'}); assert 'torch' not in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], cwd=REPO / "VolumetricSR", check=True)

@@ -10,8 +10,8 @@ import pytest
 from conftest import shared_ct
 from volumetricsr_training.evaluate import evaluate, load_for_evaluation, pseudo_cases
 from volumetricsr_training.trainer import state_digest
-from VolumetricSRLib.predictor import PredictOptions
-from VolumetricSRLib.weights import default_model_path, load_model
+from VolumetricSRLib.inference.predictor import PredictOptions
+from VolumetricSRLib.models.weights import default_model_path, load_model
 
 HELD_OUT = "TotalSegmentator/pulmonary_report__models__ct_cropped.nii.gz"
 # tvsrn-x5-publicct, the first bundled default, on the held-out crop: x5 of its 1.5 mm slices (its card's
@@ -52,7 +52,7 @@ def test_the_default_model_beats_cubic_by_1_db_on_the_held_out_volume(card_path)
 def test_the_model_for_3_mm_slices_beats_cubic_and_the_first_model_on_the_held_out_volume():
     from benchmark_spacing import run_case
 
-    from VolumetricSRLib.model_cards import model_for_slices
+    from VolumetricSRLib.models.model_cards import model_for_slices
 
     path = model_for_slices(3.0, thin_mm=1.5)  # what `predict --spacing 1.5` runs on a 3 mm scan
     model, card = load_model(path)

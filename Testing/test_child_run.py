@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 
 from conftest import REPO
-from VolumetricSRLib.child_run import ChildRun, core_command
-from VolumetricSRLib.events import Devices, Done, Event, Failed, Progress
+from VolumetricSRLib.app.child_run import ChildRun, core_command
+from VolumetricSRLib.app.events import Devices, Done, Event, Failed, Progress
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
-from VolumetricSRLib.volume_io import read_volume, write_volume
 
 PYTHON = sys.executable
 
@@ -70,7 +70,7 @@ def test_a_failing_child_gives_its_one_line_reason(tmp_path: Path) -> None:
 def test_unexpected_failures_are_one_line_too(tmp_path: Path) -> None:
     """A crash inside the core still ends as an error event; the traceback goes to the log only."""
     script = (
-        "import sys; from VolumetricSRLib import cli, volume_io\n"
+        "import sys; from VolumetricSRLib.app import cli; from VolumetricSRLib.io import volume_io\n"
         "def broken(path, series=None): raise RuntimeError('disk on fire')\n"
         "cli.read_volume = broken\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
@@ -135,9 +135,9 @@ def alive(pid: int) -> bool:
 def test_the_parent_side_imports_no_torch() -> None:
     """What Slicer's GUI process imports of ours must not pull in torch."""
     modules = [
-        "VolumetricSRLib.child_run",
-        "VolumetricSRLib.model_cards",
-        "VolumetricSRLib.volume_io",
+        "VolumetricSRLib.app.child_run",
+        "VolumetricSRLib.models.model_cards",
+        "VolumetricSRLib.io.volume_io",
         "VolumetricSRLib.geometry",
     ]
     loaded = "sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'safetensors'))"

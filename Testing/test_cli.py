@@ -20,20 +20,20 @@ import torch
 from dicom_series import LPS, write_series
 
 from conftest import shared_ct
-from VolumetricSRLib import cli as cli_module
-from VolumetricSRLib import model_cards
-from VolumetricSRLib.architectures import REGISTRY
-from VolumetricSRLib.cli import build_parser, main, parameter_parts
-from VolumetricSRLib.cli_common import progress_bar, show_progress
+from VolumetricSRLib.app import cli as cli_module
+from VolumetricSRLib.app.cli import build_parser, main, parameter_parts
+from VolumetricSRLib.app.cli_common import progress_bar, show_progress
 from VolumetricSRLib.geometry import thin_grid
+from VolumetricSRLib.inference.predictor import PredictOptions, bf16_cpu_supported, super_resolve_hu
 from VolumetricSRLib.intensity import to_int16_hu
-from VolumetricSRLib.network import TVSRN, VARIANTS, TVSRNConfig, count_parameters
-from VolumetricSRLib.network_config import PAPER_PARAMETERS, SIZES
-from VolumetricSRLib.networks import build_network
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models import model_cards
+from VolumetricSRLib.models.architectures import REGISTRY
+from VolumetricSRLib.models.network_config import PAPER_PARAMETERS, SIZES
+from VolumetricSRLib.models.networks import build_network
+from VolumetricSRLib.models.tvsrn import TVSRN, VARIANTS, TVSRNConfig, count_parameters
+from VolumetricSRLib.models.weights import load_model, save_model
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
-from VolumetricSRLib.predictor import PredictOptions, bf16_cpu_supported, super_resolve_hu
-from VolumetricSRLib.volume_io import read_volume, write_volume
-from VolumetricSRLib.weights import load_model, save_model
 
 # residual output: thin slice 5k stays near thick slice k, so results can be checked against the input
 TINY = TVSRNConfig.tiny(output="residual")
@@ -672,7 +672,7 @@ def test_demo_subcommand_runs_end_to_end_with_a_model(
 
 def console_script() -> list[str]:
     script = Path(sys.executable).parent / "volumetricsr"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "VolumetricSRLib.cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "VolumetricSRLib.app.cli"]
 
 
 def test_console_script_predicts_and_refuses_in_a_subprocess(
@@ -717,7 +717,7 @@ def test_an_unwritable_output_is_refused_before_the_model_loads(
 def test_too_little_space_for_the_output_is_refused_before_the_model_loads(
     small_ct: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    from VolumetricSRLib import volume_io
+    from VolumetricSRLib.io import volume_io
 
     monkeypatch.setattr(volume_io.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 10_000}))
     code, _, err = cli(

@@ -14,11 +14,11 @@ import pytest
 from dicom_series import LPS, write_series
 
 from conftest import REPO, tiny_tvsrn
-from VolumetricSRLib import cli
-from VolumetricSRLib.batch import Ranks, Study, output_names, plan_studies, rank_share
+from VolumetricSRLib.app import cli
+from VolumetricSRLib.app.batch import Ranks, Study, output_names, plan_studies, rank_share
+from VolumetricSRLib.io.volume_io import SUPPORTED, read_volume, write_volume
+from VolumetricSRLib.models.weights import save_model
 from VolumetricSRLib.phantom import chest_phantom
-from VolumetricSRLib.volume_io import SUPPORTED, read_volume, write_volume
-from VolumetricSRLib.weights import save_model
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +81,7 @@ def test_plan_sorts_removes_duplicates_and_names_dicom_folders(tmp_path):
         Study(first, tmp_path / "out" / "b_ct_thin.nii.gz"),
     ]
     assert (
-        plan_studies([tmp_path / "a"], tmp_path / "out", dicom=True)[0].output == tmp_path / "out" / "a_thin"
+        plan_studies([tmp_path / "a"], tmp_path / "out", "dicom")[0].output == tmp_path / "out" / "a_thin"
     )
 
 
@@ -252,7 +252,8 @@ def test_torchrun_with_two_processes_does_every_study_exactly_once(tmp_path, car
     environment = {**os.environ, "PYTHONPATH": str(REPO / "VolumetricSR"), "OMP_NUM_THREADS": "1"}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone"]
     options = ["--output-dir", str(out), "--model", str(card), "--device", "cpu", "--progress", "none"]
-    command = [*launcher, "-m", "VolumetricSRLib.cli", "predict", *map(str, sources), str(broken), *options]
+    cli = ["-m", "VolumetricSRLib.app.cli", "predict"]
+    command = [*launcher, *cli, *map(str, sources), str(broken), *options]
     run = subprocess.run(command, capture_output=True, text=True, env=environment, timeout=300)
     assert run.returncode != 0  # the broken study; the others are all done
     started = [line for line in run.stdout.splitlines() if line.startswith("[rank ")]

@@ -15,11 +15,11 @@ import pytest
 import SimpleITK as sitk
 
 from conftest import tiny_tvsrn
-from VolumetricSRLib.cli import main
-from VolumetricSRLib.consistency import check_consistency
+from VolumetricSRLib.app.cli import main
+from VolumetricSRLib.inference.consistency import check_consistency
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models.weights import save_model
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
-from VolumetricSRLib.volume_io import read_volume, write_volume
-from VolumetricSRLib.weights import save_model
 
 WINDOW = (-1000.0, 1000.0)  # not the default window: proves the card's is used
 SLAB = "gaussian"  # not the default profile: proves the card's is used

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from conftest import tiny_tvsrn
-from VolumetricSRLib.cli import main
+from VolumetricSRLib.app.cli import main
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models.weights import save_model
 from VolumetricSRLib.phantom import chest_phantom
-from VolumetricSRLib.volume_io import read_volume, write_volume
-from VolumetricSRLib.weights import save_model
 
 THICK_SLICES = 8
 SHAPE = (THICK_SLICES, 24, 20)

@@ -5,8 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from VolumetricSRLib.consistency import check_consistency, enforce_consistency, rethicken, slab_profile
-from VolumetricSRLib.interpolation import interpolate_slices
+from VolumetricSRLib.inference.consistency import (
+    check_consistency,
+    enforce_consistency,
+    rethicken,
+    slab_profile,
+)
+from VolumetricSRLib.inference.interpolation import interpolate_slices
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick, truth_slices
 
 WINDOW = (-1024.0, 2048.0)

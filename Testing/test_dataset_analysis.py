@@ -18,7 +18,7 @@ from volumetricsr_training.dataset_analysis import (
     summarize,
 )
 from volumetricsr_training.rplhr import PairMismatch
-from VolumetricSRLib.volume_io import write_volume
+from VolumetricSRLib.io.volume_io import write_volume
 
 RATIO = 5
 ROWS, COLS = 12, 16

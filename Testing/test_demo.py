@@ -16,14 +16,14 @@ import torch
 from PIL import Image
 
 from conftest import REPO, shared_ct
-from VolumetricSRLib import demo
+from VolumetricSRLib.app import demo
 from VolumetricSRLib.geometry import GeometryError, SpacingWarning, thin_grid
-from VolumetricSRLib.interpolation import interpolate_slices
-from VolumetricSRLib.network import TVSRN, TVSRNConfig
+from VolumetricSRLib.inference.interpolation import interpolate_slices
+from VolumetricSRLib.io.png import ACCENT_RGB, encode_png, review_montage, write_png
+from VolumetricSRLib.io.volume_io import VolumeFileError, read_volume
+from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig
+from VolumetricSRLib.models.weights import ModelFileError, save_model
 from VolumetricSRLib.phantom import chest_phantom
-from VolumetricSRLib.png import ACCENT_RGB, encode_png, review_montage, write_png
-from VolumetricSRLib.volume_io import VolumeFileError, read_volume
-from VolumetricSRLib.weights import ModelFileError, save_model
 
 SMALL_PHANTOM = (41, 48, 48)  # 8 thick slices of 5 mm, 36 thin slices on the output grid
 TINY = TVSRNConfig.tiny(output="residual")

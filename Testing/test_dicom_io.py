@@ -15,9 +15,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import MediaStorageDirectoryStorage
 
 from conftest import shared_ct
-from VolumetricSRLib import dicom_io
-from VolumetricSRLib.dicom_io import check_output_folder, write_dicom_series
-from VolumetricSRLib.volume_io import VolumeFileError, read_volume, write_volume
+from VolumetricSRLib.io import dicom_io
+from VolumetricSRLib.io.dicom_io import check_output_folder, write_dicom_series
+from VolumetricSRLib.io.volume_io import VolumeFileError, read_volume, write_volume
 
 SHAPE = (6, 10, 12)  # (K, J, I): all sizes differ
 SYNTHETIC = {"model": "tvsrn-x5-test", "architecture": "TVSRN", "model_sha256": "cd" * 32, "source": "thick"}

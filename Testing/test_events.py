@@ -8,7 +8,7 @@ from dataclasses import asdict
 
 import pytest
 
-from VolumetricSRLib.events import (
+from VolumetricSRLib.app.events import (
     EVENTS,
     Devices,
     Done,
@@ -90,9 +90,9 @@ def test_what_is_not_an_event_parses_to_none(line: str) -> None:
 def test_every_line_the_command_line_writes_is_an_event(tmp_path, capsys: pytest.CaptureFixture) -> None:
     import numpy as np
 
-    from VolumetricSRLib.cli import main
+    from VolumetricSRLib.app.cli import main
+    from VolumetricSRLib.io.volume_io import write_volume
     from VolumetricSRLib.phantom import chest_phantom, simulate_thick
-    from VolumetricSRLib.volume_io import write_volume
 
     thin, affine = chest_phantom((30, 32, 32), pixel_mm=1.5)
     thick, thick_affine = simulate_thick(thin, affine, 5)

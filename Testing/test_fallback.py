@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from conftest import tiny_tvsrn
-from VolumetricSRLib.fallback import describe_change, next_attempt, super_resolve_with_fallback
-from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
+from VolumetricSRLib.inference.fallback import describe_change, next_attempt, super_resolve_with_fallback
+from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
 
 WINDOW = (-1024.0, 2048.0)
 AFFINE = np.diag([0.8, 0.8, 5.0, 1.0])

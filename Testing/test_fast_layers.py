@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import assert_float32_close, shared_ct, tiny_tvsrn
-from VolumetricSRLib import network
+from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
-from VolumetricSRLib.network import TVSRN, SwinLayer, TVSRNConfig, reference_layers
+from VolumetricSRLib.io.volume_io import read_volume
+from VolumetricSRLib.models import tvsrn
+from VolumetricSRLib.models.tvsrn import TVSRN, SwinLayer, TVSRNConfig, reference_layers
+from VolumetricSRLib.models.weights import default_model_path, load_model
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
-from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
-from VolumetricSRLib.volume_io import read_volume
-from VolumetricSRLib.weights import default_model_path, load_model
 
 LIDC = "LIDC-IDRI/LIDC-IDRI-0314_chest_1mm_slices100-274.nii.gz"
 
@@ -53,7 +53,7 @@ def test_chunks_without_autograd_equal_one_chunk(monkeypatch: pytest.MonkeyPatch
     exact = in_float64(net, x)
     with torch.inference_mode():
         whole = net(x)
-        monkeypatch.setitem(network.CHUNK_ELEMENTS, "cpu", 64)  # a few windows / tokens per chunk
+        monkeypatch.setitem(tvsrn.CHUNK_ELEMENTS, "cpu", 64)  # a few windows / tokens per chunk
         chunked = net(x)
     assert_float32_close(chunked, whole, exact)
 

@@ -13,10 +13,10 @@ import pytest
 from conftest import REAL_TRAINING_CT, SHARED_DATA, phantom_ct, tiny_tvsrn
 from volumetricsr_training.cli import main
 from volumetricsr_training.finetune import split_volumes
-from VolumetricSRLib.cli import main as predict_main
+from VolumetricSRLib.app.cli import main as predict_main
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models.weights import load_model, save_model
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
-from VolumetricSRLib.volume_io import read_volume, write_volume
-from VolumetricSRLib.weights import load_model, save_model
 
 
 @pytest.fixture(params=["phantom", "real"])

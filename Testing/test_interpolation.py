@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from VolumetricSRLib.interpolation import METHODS, interpolate_slices, slice_weights
+from VolumetricSRLib.inference.interpolation import METHODS, interpolate_slices, slice_weights
 
 
 def _along_slices(values: np.ndarray, rows: int = 3, cols: int = 2) -> np.ndarray:

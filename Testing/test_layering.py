@@ -28,7 +28,22 @@ def imported_roots(path: Path, top_level_only: bool = False) -> set[str]:
     return roots
 
 
-@pytest.mark.parametrize("path", sorted(CORE.glob("*.py")), ids=lambda p: p.name)
+CORE_FILES = sorted(CORE.rglob("*.py"))
+# the core's packages and the packages each may import ("" = the modules at the core's top level)
+CORE_PACKAGES = {
+    "": set(),
+    "models": {""},
+    "io": {""},
+    "inference": {"", "models"},
+    "app": {"", "models", "io", "inference"},
+}
+
+
+def core_name(path: Path) -> str:
+    return path.relative_to(CORE).with_suffix("").as_posix()
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=core_name)
 def test_the_core_imports_no_slicer_qt_vtk_or_training(path: Path) -> None:
     assert not imported_roots(path) & {
         "slicer",
@@ -48,18 +63,27 @@ def test_the_mrml_adapter_imports_no_qt_and_no_torch(path: Path) -> None:
 @pytest.mark.parametrize(
     "name",
     [
-        "child_run.py",
-        "model_cards.py",
-        "network_config.py",
-        "baseline_config.py",
-        "architectures.py",
-        "volume_io.py",
+        "__init__.py",
+        "app/__init__.py",
+        "app/child_run.py",
+        "app/events.py",
+        "models/__init__.py",
+        "models/model_cards.py",
+        "models/network_config.py",
+        "models/baseline_config.py",
+        "models/architectures.py",
+        "io/__init__.py",
+        "io/volume_io.py",
+        "io/volume.py",
+        "io/formats.py",
+        "io/image_files.py",
+        "io/dicom_format.py",
+        "io/dicom_source.py",
+        "inference/__init__.py",
+        "inference/output_plan.py",
         "geometry.py",
         "atomic.py",
-        "output_plan.py",
         "checks.py",
-        "events.py",
-        "volume.py",
     ],
 )
 def test_what_the_gui_process_loads_of_the_core_needs_no_torch(name: str) -> None:
@@ -111,29 +135,53 @@ def test_the_training_package_uses_relative_imports_between_its_modules() -> Non
     assert absolute == set()
 
 
-def package_imports(path: Path, package: str) -> set[str]:
-    """Modules of the same package a file imports anywhere (functions included; `if TYPE_CHECKING:`
-    blocks are left out: they import nothing when the code runs)."""
+def package_imports(path: Path, root: Path, package: str) -> set[str]:
+    """Modules of the same package a file imports anywhere (functions and `if TYPE_CHECKING:` blocks
+    included), as paths below `root` without suffix ("io/volume", "checks")."""
+    here = path.relative_to(root).parent.parts
     found: set[str] = set()
 
-    class Imports(ast.NodeVisitor):
-        def visit_If(self, node: ast.If) -> None:
-            if isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING":
-                for child in node.orelse:
-                    self.visit(child)
-                return
-            self.generic_visit(node)
+    def module(parts: list[str]) -> str:
+        return "/".join(parts) if (root / Path(*parts)).with_suffix(".py").is_file() else ""
 
-        def visit_ImportFrom(self, node: ast.ImportFrom) -> None:
-            if node.level == 1:
-                found.update([node.module.split(".")[0]] if node.module else [a.name for a in node.names])
-            elif node.module and node.module.split(".")[0] == package and "." in node.module:
-                found.add(node.module.split(".")[1])
-
-    Imports().visit(ast.parse(path.read_text(encoding="utf-8")))
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = list(here[: len(here) - node.level + 1])
+        elif node.module and node.module.split(".")[0] == package:
+            base, node_module = [], node.module.split(".", 1)[1:]
+            node = ast.ImportFrom(module=node_module[0] if node_module else None, names=node.names, level=0)
+        else:
+            continue
+        parts = [*base, *(node.module.split(".") if node.module else [])]
+        named = [module([*parts, alias.name]) for alias in node.names]
+        found.update(name for name in named if name) if any(named) else found.add(module(parts))
+    found.discard("")
     return found
+
+
+def core_package(name: str) -> str:
+    return name.rpartition("/")[0]
 
 
 @pytest.mark.parametrize(("folder", "package"), [(CORE, "VolumetricSRLib"), (MRML, "VolumetricSRMRML")])
 def test_no_import_cycle_even_inside_functions(folder: Path, package: str) -> None:
-    assert_no_cycle({path.stem: package_imports(path, package) for path in folder.glob("*.py")})
+    graph = {
+        path.relative_to(folder).with_suffix("").as_posix(): package_imports(path, folder, package)
+        for path in folder.rglob("*.py")
+    }
+    assert_no_cycle(graph)
+
+
+@pytest.mark.parametrize("path", CORE_FILES, ids=core_name)
+def test_each_core_package_imports_only_the_packages_before_it(path: Path) -> None:
+    """models and io import only the top-level modules; inference also models; app anything."""
+    own = core_package(core_name(path))
+    imported = {core_package(name) for name in package_imports(path, CORE, "VolumetricSRLib")}
+    assert imported - {own} <= CORE_PACKAGES[own], f"{core_name(path)} imports from {imported - {own}}"
+
+
+def test_the_core_has_the_packages_its_layering_names() -> None:
+    folders = {p.parent.relative_to(CORE).as_posix() for p in CORE.rglob("__init__.py")}
+    assert {"" if f == "." else f for f in folders} == set(CORE_PACKAGES)

@@ -93,8 +93,8 @@ def test_ssim_equals_a_2d_convolution_in_torch_on_ct_slices():
     import torch
     import torch.nn.functional as F
 
+    from VolumetricSRLib.inference.interpolation import interpolate_slices
     from VolumetricSRLib.intensity import hu_to_unit
-    from VolumetricSRLib.interpolation import interpolate_slices
     from VolumetricSRLib.phantom import chest_phantom, simulate_thick, truth_slices
 
     thin, affine = chest_phantom((31, 48, 56), pixel_mm=3.0)

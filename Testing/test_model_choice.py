@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 
 from conftest import tiny_tvsrn
-from VolumetricSRLib import model_cards
-from VolumetricSRLib.cli import main
-from VolumetricSRLib.model_cards import model_for_slices
+from VolumetricSRLib.app.cli import main
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models import model_cards
+from VolumetricSRLib.models.model_cards import model_for_slices
+from VolumetricSRLib.models.weights import save_model
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
-from VolumetricSRLib.volume_io import read_volume, write_volume
-from VolumetricSRLib.weights import save_model
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ import vtk  # noqa: E402  (after the skip: vtk comes with slicer-core)
 from scipy import ndimage  # noqa: E402
 from vtk.util import numpy_support  # noqa: E402
 
-from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu  # noqa: E402
+from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu  # noqa: E402
 from VolumetricSRMRML.review_layout import (  # noqa: E402
     REVIEW_VIEWS,
     THICK_ROW,

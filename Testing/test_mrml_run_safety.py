@@ -17,9 +17,9 @@ slicer = pytest.importorskip("slicer", reason="the MRML tests need the slicer-co
 
 from test_mrml_volume_nodes import AXIAL, add_volume, ct_voxels  # noqa: E402
 
+from VolumetricSRLib.app.child_run import ChildError, ChildRun  # noqa: E402
+from VolumetricSRLib.app.events import Progress  # noqa: E402
 from VolumetricSRLib.checks import InputError  # noqa: E402
-from VolumetricSRLib.child_run import ChildError, ChildRun  # noqa: E402
-from VolumetricSRLib.events import Progress  # noqa: E402
 from VolumetricSRLib.geometry import GeometryError  # noqa: E402
 from VolumetricSRMRML import processing  # noqa: E402
 from VolumetricSRMRML.apply_guard import ARM_SECONDS, ApplyGuard  # noqa: E402
@@ -84,8 +84,8 @@ def test_settings_the_child_would_refuse_are_refused_before_any_process_or_file(
 
 
 def test_the_command_line_refuses_the_same_settings_with_the_same_words(tmp_path: Path) -> None:
-    from VolumetricSRLib.cli import main
-    from VolumetricSRLib.volume_io import write_volume
+    from VolumetricSRLib.app.cli import main
+    from VolumetricSRLib.io.volume_io import write_volume
 
     thick = write_volume(tmp_path / "thick.nrrd", ct_voxels(), with_spacing(3.0))
     settings = RunSettings(model="tvsrn-x5-publicct", enforce_consistency=True)

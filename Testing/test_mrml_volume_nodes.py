@@ -16,11 +16,11 @@ slicer = pytest.importorskip("slicer", reason="the MRML tests need the slicer-co
 import vtk  # noqa: E402  (after the skip: vtk comes with slicer-core)
 
 from conftest import shared_ct  # noqa: E402
-from VolumetricSRLib.child_run import ChildError  # noqa: E402
-from VolumetricSRLib.cli import main as cli_main  # noqa: E402
+from VolumetricSRLib.app.child_run import ChildError  # noqa: E402
+from VolumetricSRLib.app.cli import main as cli_main  # noqa: E402
 from VolumetricSRLib.geometry import spaced_grid, thin_grid  # noqa: E402
+from VolumetricSRLib.io.volume_io import read_volume, write_volume  # noqa: E402
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick  # noqa: E402
-from VolumetricSRLib.volume_io import read_volume, write_volume  # noqa: E402
 from VolumetricSRMRML.processing import (  # noqa: E402
     RunSettings,
     SuperResolutionCancelled,

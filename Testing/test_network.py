@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import tiny_tvsrn
-from VolumetricSRLib.network import (
+from VolumetricSRLib.models.network_config import PAPER_PARAMETERS
+from VolumetricSRLib.models.tvsrn import (
     TVSRN,
     VARIANTS,
     TVSRNConfig,
@@ -14,7 +15,6 @@ from VolumetricSRLib.network import (
     depth_interpolation_matrix,
     l1_loss,
 )
-from VolumetricSRLib.network_config import PAPER_PARAMETERS
 
 # TVSRNConfig.tiny with two layers and two heads per stage, and a ViT small enough for the vit variant
 GROWN = {

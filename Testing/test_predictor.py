@@ -14,17 +14,16 @@ from hypothesis import strategies as st
 from torch import nn
 
 from conftest import tiny_tvsrn, training_ct
-from VolumetricSRLib import geometry, predictor
-from VolumetricSRLib.device import (
+from VolumetricSRLib import geometry
+from VolumetricSRLib.inference import predictor
+from VolumetricSRLib.inference.device import (
     DeviceError,
     cpu_model,
     describe_device,
     physical_cpu_cores,
     resolve_device,
 )
-from VolumetricSRLib.intensity import HU_MAX, HU_MIN
-from VolumetricSRLib.network import depth_interpolation_matrix
-from VolumetricSRLib.predictor import (
+from VolumetricSRLib.inference.predictor import (
     InputError,
     PredictionCancelled,
     PredictOptions,
@@ -33,6 +32,8 @@ from VolumetricSRLib.predictor import (
     super_resolve_hu,
     super_resolve_unit,
 )
+from VolumetricSRLib.intensity import HU_MAX, HU_MIN
+from VolumetricSRLib.models.tvsrn import depth_interpolation_matrix
 
 CPU = "cpu"
 

@@ -26,10 +26,10 @@ from volumetricsr_training.report import (
     place_labels,
     summary_rows,
 )
-from VolumetricSRLib.architectures import REGISTRY
+from VolumetricSRLib.io.volume_io import write_volume
+from VolumetricSRLib.models.architectures import REGISTRY
+from VolumetricSRLib.models.weights import save_model
 from VolumetricSRLib.phantom import chest_phantom
-from VolumetricSRLib.volume_io import write_volume
-from VolumetricSRLib.weights import save_model
 
 
 def toml_value(value) -> str:

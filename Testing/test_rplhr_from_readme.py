@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REAL_TRAINING_CT, REPO, SHARED_DATA, phantom_ct
 from volumetricsr_training.cli import main
-from VolumetricSRLib.volume_io import read_volume, write_volume
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
 
 CONFIGS = REPO / "training" / "configs"
 TINY = {"channels": 2, "encoder_layers": 1, "tab_layers": 1, "axial_layers": 1, "window": 4, "heads": 1,

@@ -13,7 +13,7 @@ import torch
 from conftest import REPO, phantom_ct
 from volumetricsr_training.config import TrainConfig
 from volumetricsr_training.trainer import state_digest
-from VolumetricSRLib.network import TVSRN, TVSRNConfig
+from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig
 
 TINY = TVSRNConfig.tiny(output="residual").to_dict()  # residual, as in TrainConfig's default model settings
 

@@ -25,10 +25,10 @@ from volumetricsr_training.evaluate import (
     write_results,
 )
 from volumetricsr_training.trainer import Trainer
+from VolumetricSRLib.inference.predictor import PredictOptions
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
-from VolumetricSRLib.network import TVSRN, TVSRNConfig
-from VolumetricSRLib.predictor import PredictOptions
-from VolumetricSRLib.volume_io import write_volume
+from VolumetricSRLib.io.volume_io import write_volume
+from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig
 
 RATIO = 5
 TINY = TVSRNConfig.tiny(output="residual").to_dict()
@@ -231,7 +231,7 @@ def test_evaluate_command_reports_bad_input(tmp_path, capsys):
 def test_evaluate_reads_a_dicom_series_folder_as_one_case(tmp_path, capsys):
     from dicom_series import thick_positions, write_series
 
-    from VolumetricSRLib.volume_io import read_volume
+    from VolumetricSRLib.io.volume_io import read_volume
 
     hu, _ = tiny_thin(4)
     series = tmp_path / "dicom" / "chest"

@@ -15,11 +15,11 @@ from volumetricsr_training.evaluate import load_for_evaluation
 from volumetricsr_training.export import export_checkpoint, read_metrics
 from volumetricsr_training.pseudo_pairs import make_pseudo_pair
 from volumetricsr_training.trainer import Trainer, state_digest
-from VolumetricSRLib.cli import main as core_main
+from VolumetricSRLib.app.cli import main as core_main
 from VolumetricSRLib.intensity import to_int16_hu
-from VolumetricSRLib.network import TVSRNConfig
-from VolumetricSRLib.volume_io import read_volume, write_volume
-from VolumetricSRLib.weights import ModelFileError, load_model
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models.tvsrn import TVSRNConfig
+from VolumetricSRLib.models.weights import ModelFileError, load_model
 
 TINY = TVSRNConfig.tiny(output="residual").to_dict()
 

@@ -25,7 +25,7 @@ from conftest import (
 )
 from volumetricsr_training.config import TrainConfig, load_config
 from volumetricsr_training.trainer import Trainer, TrainingStopped, learning_rate, state_digest
-from VolumetricSRLib.network import TVSRN, TVSRNConfig
+from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig
 
 TINY = TVSRNConfig.tiny().to_dict()
 TINY_RESIDUAL = {**TINY, "output": "residual"}  # residual, as in TrainConfig's default model settings

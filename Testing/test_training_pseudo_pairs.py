@@ -10,8 +10,8 @@ from volumetricsr_training.data import PseudoPairSampler, ThinVolume, downsample
 from volumetricsr_training.pseudo_pairs import make_pseudo_pair, simulate_thick_slices, slab_profile
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.intensity import hu_to_unit
+from VolumetricSRLib.io.volume_io import read_volume
 from VolumetricSRLib.phantom import simulate_thick
-from VolumetricSRLib.volume_io import read_volume
 
 RATIO = 5
 

@@ -20,8 +20,8 @@ from volumetricsr_training.rplhr import (
     load_split,
 )
 from volumetricsr_training.trainer import Trainer
-from VolumetricSRLib.network import TVSRNConfig
-from VolumetricSRLib.volume_io import read_volume, write_volume
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models.tvsrn import TVSRNConfig
 
 RATIO = 5
 TINY = TVSRNConfig.tiny().to_dict()

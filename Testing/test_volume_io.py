@@ -17,7 +17,7 @@ import SimpleITK as sitk
 
 from conftest import REPO, shared_ct
 from VolumetricSRLib.geometry import GeometryError, validate_affine
-from VolumetricSRLib.volume_io import (
+from VolumetricSRLib.io.volume_io import (
     VolumeFileError,
     check_output_path,
     output_format,
@@ -556,7 +556,7 @@ def test_the_output_kind_comes_from_the_extension_a_folder_or_the_format(tmp_pat
 def test_importing_volume_io_loads_no_simpleitk_pydicom_nibabel_or_torch() -> None:
     """Slicer's GUI process imports volume_io: the heavy readers wait until a file needs them."""
     check = (
-        "import sys; import VolumetricSRLib.volume_io; "
+        "import sys; import VolumetricSRLib.io.volume_io; "
         "print(sorted({'SimpleITK', 'pydicom', 'nibabel', 'torch'} & set(sys.modules)))"
     )
     env = {"PYTHONPATH": str(REPO / "VolumetricSR")}
@@ -565,7 +565,7 @@ def test_importing_volume_io_loads_no_simpleitk_pydicom_nibabel_or_torch() -> No
 
 
 def test_the_lps_to_ras_flip_is_defined_once_and_used_by_dicom_io() -> None:
-    from VolumetricSRLib import dicom_io, volume_io
+    from VolumetricSRLib.io import dicom_io, volume_io
 
     np.testing.assert_array_equal(volume_io.LPS_TO_RAS, LPS)
     assert dicom_io.LPS_TO_RAS is volume_io.LPS_TO_RAS

@@ -13,9 +13,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from VolumetricSRLib import model_cards
-from VolumetricSRLib.network import TVSRN, TVSRNConfig, count_parameters
-from VolumetricSRLib.weights import (
+from VolumetricSRLib.models import model_cards
+from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig, count_parameters
+from VolumetricSRLib.models.weights import (
     CARD_FORMAT,
     ModelCard,
     ModelFileError,
@@ -262,7 +262,7 @@ def test_bundled_models_dir_in_a_built_slicer_extension(tmp_path: Path) -> None:
     modules = tmp_path / "lib" / "Slicer-5.8" / "qt-scripted-modules"
     shutil.copytree(REPO / "VolumetricSR" / "VolumetricSRLib", modules / "VolumetricSRLib")
     (modules / "Resources" / "Models").mkdir(parents=True)
-    code = "from VolumetricSRLib.weights import bundled_models_dir; print(bundled_models_dir())"
+    code = "from VolumetricSRLib.models.weights import bundled_models_dir; print(bundled_models_dir())"
     result = subprocess.run(
         [sys.executable, "-c", code],
         cwd=tmp_path,

@@ -78,7 +78,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_the_wheel_carries_the_model_and_both_packages_under_their_own_names(installed: Path) -> None:
     probe = (
         "import importlib.util, VolumetricSRLib, volumetricsr_training;"
-        "from VolumetricSRLib.model_cards import bundled_models_dir, default_model_path;"
+        "from VolumetricSRLib.models.model_cards import bundled_models_dir, default_model_path;"
         "print(VolumetricSRLib.__file__); print(bundled_models_dir()); print(default_model_path().stem);"
         "print(importlib.util.find_spec('training'))"
     )

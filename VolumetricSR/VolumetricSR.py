@@ -29,8 +29,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from VolumetricSRLib.child_run import ChildError, ChildRun
-from VolumetricSRLib.model_cards import (
+from VolumetricSRLib.app.child_run import ChildError, ChildRun
+from VolumetricSRLib.models.model_cards import (
     ModelFileError,
     NoModelError,
     bundled_models,

@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from VolumetricSRLib.networks import build_network
+from VolumetricSRLib.models.networks import build_network
 
 
 def state_digest(model: torch.nn.Module) -> str:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from VolumetricSRLib.consistency import SLABS
-from VolumetricSRLib.device import DeviceError
+from VolumetricSRLib.inference.consistency import SLABS
+from VolumetricSRLib.inference.device import DeviceError
 
 from .config import load_config
 from .trainer import TrainingStopped
@@ -64,7 +64,7 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from VolumetricSRLib.predictor import PredictOptions
+    from VolumetricSRLib.inference.predictor import PredictOptions
 
     from .evaluate import (
         evaluate,
@@ -130,7 +130,7 @@ def _check_data(args: argparse.Namespace) -> int:
 
 def _make_pairs(args: argparse.Namespace) -> int:
     from VolumetricSRLib.intensity import to_int16_hu
-    from VolumetricSRLib.volume_io import read_volume, volume_stem, write_volume
+    from VolumetricSRLib.io.volume_io import read_volume, volume_stem, write_volume
 
     from .evaluate import thin_volume_paths
     from .pseudo_pairs import make_pseudo_pair
@@ -166,7 +166,7 @@ def _make_pairs(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from VolumetricSRLib.predictor import PredictOptions
+    from VolumetricSRLib.inference.predictor import PredictOptions
 
     from .evaluate import pseudo_cases, real_cases, thin_volume_paths
     from .report import DEFAULT_METHODS, parse_methods, run_report

@@ -9,8 +9,8 @@ import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from VolumetricSRLib.architectures import ModelConfig, config_from_dict
-from VolumetricSRLib.consistency import SLABS
+from VolumetricSRLib.inference.consistency import SLABS
+from VolumetricSRLib.models.architectures import ModelConfig, config_from_dict
 
 from .pseudo_pairs import SlabAugmentation
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
-from VolumetricSRLib.volume_io import read_volume
+from VolumetricSRLib.io.volume_io import read_volume
 
 from .pseudo_pairs import SlabAugmentation, first_matching_thin_slice, simulate_thick_slices, slab_profile
 

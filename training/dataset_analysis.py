@@ -25,8 +25,8 @@ import numpy as np
 from VolumetricSRLib.atomic import atomic_path, write_text_atomically
 from VolumetricSRLib.geometry import validate_affine, voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
+from VolumetricSRLib.io.volume_io import read_volume, volume_stem
 from VolumetricSRLib.metrics import psnr, ssim_2d
-from VolumetricSRLib.volume_io import read_volume, volume_stem
 
 from .evaluate import thin_volume_paths
 from .pseudo_pairs import make_pseudo_pair

@@ -24,15 +24,15 @@ import numpy as np
 from scipy.stats import wilcoxon
 from torch import nn
 
-from VolumetricSRLib.architectures import label_of
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
+from VolumetricSRLib.inference.interpolation import interpolate_slices
+from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
-from VolumetricSRLib.interpolation import interpolate_slices
+from VolumetricSRLib.io.volume_io import SUPPORTED, read_volume, volume_stem
 from VolumetricSRLib.metrics import PROTOCOL_TRIM, detailed_scores, score_volume
-from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
-from VolumetricSRLib.volume_io import SUPPORTED, read_volume, volume_stem
-from VolumetricSRLib.weights import load_model
+from VolumetricSRLib.models.architectures import label_of
+from VolumetricSRLib.models.weights import load_model
 
 from .checkpoints import network_from_checkpoint, state_digest
 from .config import TrainConfig

@@ -13,11 +13,11 @@ from pathlib import Path
 
 from torch import nn
 
-from VolumetricSRLib.architectures import config_from_dict, label_of
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
-from VolumetricSRLib.volume_io import read_geometry
-from VolumetricSRLib.weights import DEFAULT_MARKER, load_model, save_model
+from VolumetricSRLib.io.volume_io import read_geometry
+from VolumetricSRLib.models.architectures import config_from_dict, label_of
+from VolumetricSRLib.models.weights import DEFAULT_MARKER, load_model, save_model
 
 from .checkpoints import network_from_checkpoint, state_digest
 from .config import SCHEDULE_KEYS

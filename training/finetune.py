@@ -9,9 +9,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from VolumetricSRLib.model_cards import read_card, resolve_card_path
-from VolumetricSRLib.predictor import PredictOptions
-from VolumetricSRLib.weights import DEFAULT_MARKER
+from VolumetricSRLib.inference.predictor import PredictOptions
+from VolumetricSRLib.models.model_cards import read_card, resolve_card_path
+from VolumetricSRLib.models.weights import DEFAULT_MARKER
 
 from .config import TrainConfig
 from .evaluate import evaluate, load_for_evaluation, pseudo_cases, thin_volume_paths

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from VolumetricSRLib.architectures import label_of
-from VolumetricSRLib.network import count_parameters
-from VolumetricSRLib.network_config import PAPER_PARAMETERS
-from VolumetricSRLib.networks import build_network
+from VolumetricSRLib.models.architectures import label_of
+from VolumetricSRLib.models.network_config import PAPER_PARAMETERS
+from VolumetricSRLib.models.networks import build_network
+from VolumetricSRLib.models.tvsrn import count_parameters
 
 from .config import TrainConfig, load_config
 

@@ -2,7 +2,7 @@
 
 The world placement (thick slice k at the centre of thin slices r k ... r k + r - 1) and the plain
 box mean come from the core (`VolumetricSRLib.phantom.simulate_thick`, `truth_slices`), and so do
-the slab profiles (`VolumetricSRLib.consistency.slab_profile`, which the consistency check of a
+the slab profiles (`VolumetricSRLib.inference.consistency.slab_profile`, which the consistency check of a
 prediction re-thickens with): one definition serves the phantom, the training crops, the evaluation
 and the check.
 """
@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from VolumetricSRLib.consistency import slab_profile
 from VolumetricSRLib.geometry import thin_grid
+from VolumetricSRLib.inference.consistency import slab_profile
 from VolumetricSRLib.phantom import simulate_thick, truth_slices
 
 _NO_GEOMETRY = np.eye(4)

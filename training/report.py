@@ -27,12 +27,12 @@ from pathlib import Path
 import numpy as np
 
 from VolumetricSRLib.atomic import write_bytes_atomically, write_text_atomically
-from VolumetricSRLib.device import cpu_model, describe_device, resolve_device
+from VolumetricSRLib.inference.device import cpu_model, describe_device, resolve_device
+from VolumetricSRLib.inference.interpolation import METHODS as INTERPOLATIONS
+from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
-from VolumetricSRLib.interpolation import METHODS as INTERPOLATIONS
 from VolumetricSRLib.metrics import detailed_scores, score_volume
-from VolumetricSRLib.network import count_parameters
-from VolumetricSRLib.predictor import PredictOptions, super_resolve_hu
+from VolumetricSRLib.models.tvsrn import count_parameters
 
 from .checkpoints import read_checkpoint, state_digest
 from .config import TrainConfig, learning_differences, load_config

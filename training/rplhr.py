@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from VolumetricSRLib import volume_io
 from VolumetricSRLib.geometry import thin_grid, voxel_spacing
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit
-from VolumetricSRLib.volume_io import read_volume
+from VolumetricSRLib.io import volume_io
+from VolumetricSRLib.io.volume_io import read_volume
 
 from .data import CROP_TRIES, PairSampler, downsample_inplane
 

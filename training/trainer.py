@@ -27,9 +27,9 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from VolumetricSRLib.atomic import atomic_path
-from VolumetricSRLib.device import describe_device, resolve_device
-from VolumetricSRLib.network import depth_interpolation_matrix, l1_loss
-from VolumetricSRLib.networks import build_network
+from VolumetricSRLib.inference.device import describe_device, resolve_device
+from VolumetricSRLib.models.networks import build_network
+from VolumetricSRLib.models.tvsrn import depth_interpolation_matrix, l1_loss
 
 from .checkpoints import read_checkpoint, state_digest
 from .config import SCHEDULE_KEYS, TrainConfig, learning_differences
@@ -232,8 +232,8 @@ class Trainer:
 
     def _start_from_model(self, model: str) -> int:
         """Begin with the weights of a model file or bundled model (its card is the lineage's record)."""
-        from VolumetricSRLib.architectures import config_from_dict
-        from VolumetricSRLib.weights import load_model
+        from VolumetricSRLib.models.architectures import config_from_dict
+        from VolumetricSRLib.models.weights import load_model
 
         network, card = load_model(model, device="cpu")
         if config_from_dict(card.architecture) != config_from_dict(self.cfg.model):

@@ -14,7 +14,7 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "VolumetricSR"))
 
-from VolumetricSRLib.png import ACCENT_RGB, write_png  # noqa: E402
+from VolumetricSRLib.io.png import ACCENT_RGB, write_png  # noqa: E402
 
 SIZE = 128
 SUPERSAMPLE = 4

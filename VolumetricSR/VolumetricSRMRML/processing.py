@@ -23,12 +23,12 @@ import numpy as np
 import slicer
 import vtk
 
-from VolumetricSRLib.child_run import ChildError, ChildRun, core_command, slicer_python
-from VolumetricSRLib.events import Devices, Done, Event, Fallback, Progress, Warned
+from VolumetricSRLib.app.child_run import ChildError, ChildRun, core_command, slicer_python
+from VolumetricSRLib.app.events import Devices, Done, Event, Fallback, Progress, Warned
 from VolumetricSRLib.geometry import SpacingWarning, slice_spacing, thick_axis, voxel_spacing
-from VolumetricSRLib.model_cards import model_for_slices, read_card, resolve_card_path
-from VolumetricSRLib.output_plan import plan_output
-from VolumetricSRLib.volume_io import read_volume, write_volume
+from VolumetricSRLib.inference.output_plan import plan_output
+from VolumetricSRLib.io.volume_io import read_volume, write_volume
+from VolumetricSRLib.models.model_cards import model_for_slices, read_card, resolve_card_path
 
 from .volume_nodes import (
     SOURCE_NODE_KEY,

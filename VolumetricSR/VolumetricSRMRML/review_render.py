@@ -90,7 +90,7 @@ def render_review(
     overwrite: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Show the review, render the six views; returns (world point, images) and can save a PNG."""
-    from VolumetricSRLib.png import write_png
+    from VolumetricSRLib.io.png import write_png
 
     layout_node(views.scene).SetViewArrangement(THREE_OVER_THREE)
     if not views.slice_logics:

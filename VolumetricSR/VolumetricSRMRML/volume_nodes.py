@@ -13,7 +13,7 @@ import numpy as np
 import slicer
 import vtk
 
-from VolumetricSRLib.volume_io import synthetic_series_description
+from VolumetricSRLib.io.volume_io import synthetic_series_description
 
 PROVENANCE_PREFIX = "VolumetricSR."
 SOURCE_NODE_KEY = "SourceNodeID"

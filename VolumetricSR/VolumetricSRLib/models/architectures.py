@@ -46,14 +46,14 @@ def register(architecture: Architecture) -> Architecture:
     return architecture
 
 
-register(Architecture(TVSRN_ARCH, "TVSRN", TVSRNConfig, f"{__package__}.network:TVSRN"))
+register(Architecture(TVSRN_ARCH, "TVSRN", TVSRNConfig, f"{__package__}.tvsrn:TVSRN"))
 for _config, _network in (
     (ResVoxConfig, "ResVox"),
     (MPUNetConfig, "MPUNet"),
     (SAINTConfig, "SAINT"),
     (DAVSRConfig, "DAVSR"),
 ):
-    register(Architecture(_config.arch, _config.label, _config, f"{__package__}.baselines:{_network}"))
+    register(Architecture(_config.arch, _config.label, _config, f"{__package__}.cnn_baselines:{_network}"))
 
 
 def arch_of(cfg: ModelConfig) -> str:

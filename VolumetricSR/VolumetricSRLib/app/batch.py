@@ -19,10 +19,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .volume_io import volume_stem
+from ..io.volume_io import output_ending, volume_stem
 
 OUTPUT_SUFFIX = "_thin"
-# the volume file extensions read_volume reads, longest first: ".nii.gz" before ".nii" or ".gz"
 STATUSES = ("done", "skipped", "failed")
 POLL_SECONDS = 0.5
 
@@ -66,14 +65,15 @@ class Ranks:
         return cls(rank, world, local)
 
 
-def plan_studies(inputs: Sequence[Path], output_dir: Path, dicom: bool = False) -> list[Study]:
-    """Unique inputs, sorted by resolved path, each with its output in `output_dir` (see module)."""
+def plan_studies(inputs: Sequence[Path], output_dir: Path, out_format: str = "nifti") -> list[Study]:
+    """Unique inputs, sorted by resolved path, each with its output in `output_dir` (see module), in
+    `out_format` (a format table name; its output ending ends the name)."""
     given: dict[Path, Path] = {}
     for path in inputs:
         given.setdefault(Path(path).resolve(), Path(path))
     unique = sorted(given.items(), key=lambda item: str(item[0]))
     names = output_names([resolved for resolved, _ in unique])
-    ending = "" if dicom else ".nii.gz"
+    ending = output_ending(out_format)
     return [
         Study(given, output_dir / f"{name}{OUTPUT_SUFFIX}{ending}")
         for (_, given), name in zip(unique, names, strict=True)

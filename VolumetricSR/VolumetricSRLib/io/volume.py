@@ -1,22 +1,32 @@
-"""The volume type every reader returns, the error every reader and writer raises, and the words
-that label a volume synthetic: shared by the file formats (volume_io) and DICOM (dicom_io)."""
+"""The volume type every reader returns, the error every reader and writer raises, what a writer
+stores of a consistency check, and the words that label a volume synthetic: shared by every format."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from .geometry import voxel_spacing
+from ..geometry import voxel_spacing
 
 if TYPE_CHECKING:
-    from .dicom_io import DicomSource
+    from .dicom_source import DicomSource
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])  # LPS <-> RAS (its own inverse)
 SYNTHETIC_LABEL = "SYNTHETIC thin CT (VolumetricSR super-resolution)"
+
+
+class ConsistencyRecord(Protocol):
+    """What a writer stores of a check of a prediction against its input (inference.consistency)."""
+
+    mean_abs_hu: float
+
+    def line(self) -> str: ...
+
+    def summary(self) -> dict: ...
 
 
 class VolumeFileError(ValueError):

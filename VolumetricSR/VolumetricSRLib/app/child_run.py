@@ -24,7 +24,7 @@ from pathlib import Path
 
 from .events import Event, Failed, parse
 
-CORE_PARENT = Path(__file__).resolve().parents[1]
+CORE_PARENT = Path(__file__).resolve().parents[2]
 """The folder that holds VolumetricSRLib: the child finds the core through it."""
 
 KILL_WAIT_SECONDS = 1.0
@@ -52,7 +52,7 @@ def slicer_python() -> str | None:
 
 def core_command(python: str, arguments: Sequence[str]) -> list[str]:
     """The command line that runs `volumetricsr ARGUMENTS` with `python`."""
-    return [python, "-m", "VolumetricSRLib.cli", *[str(argument) for argument in arguments]]
+    return [python, "-m", "VolumetricSRLib.app.cli", *[str(argument) for argument in arguments]]
 
 
 class ChildRun:

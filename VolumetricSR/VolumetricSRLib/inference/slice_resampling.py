@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .geometry import SPACING_TOLERANCE
+from ..geometry import SPACING_TOLERANCE
 from .interpolation import spline_weights
 
 SAME_SPACING = 1e-3

@@ -18,17 +18,17 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from . import phantom
+from .. import phantom
+from ..geometry import GeometryError, thin_grid, voxel_spacing
+from ..inference.device import describe_device, resolve_device
+from ..inference.interpolation import interpolate_slices
+from ..inference.predictor import PredictOptions, super_resolve_hu
+from ..intensity import to_int16_hu
+from ..io.png import review_montage, write_png
+from ..io.volume_io import VolumeFileError, read_volume, write_volume
+from ..metrics import PROTOCOL_TRIM, score_volume
+from ..models.weights import default_model_path, load_model
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
-from .device import describe_device, resolve_device
-from .geometry import GeometryError, thin_grid, voxel_spacing
-from .intensity import to_int16_hu
-from .interpolation import interpolate_slices
-from .metrics import PROTOCOL_TRIM, score_volume
-from .png import review_montage, write_png
-from .predictor import PredictOptions, super_resolve_hu
-from .volume_io import VolumeFileError, read_volume, write_volume
-from .weights import default_model_path, load_model
 
 DESCRIPTION = (
     "Simulate a 5 mm scan of a thin chest CT (a built-in synthetic phantom, or --input), super-resolve "

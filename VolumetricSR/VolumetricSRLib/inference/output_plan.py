@@ -9,9 +9,9 @@ import warnings
 
 import numpy as np
 
-from .checks import InputError
-from .geometry import GeometryError, SpacingWarning
-from .model_cards import ModelCard
+from ..checks import InputError
+from ..geometry import GeometryError, SpacingWarning
+from ..models.model_cards import ModelCard
 from .slice_resampling import SAME_SPACING, is_native_spacing
 
 MIN_CHECKED_SLICES = 3

@@ -42,9 +42,9 @@ from pydicom.uid import (
 )
 from pydicom.valuerep import DSfloat
 
+from .dicom_source import POSITION_TOLERANCE_MM, DicomSource
 from .volume import LPS_TO_RAS, Volume, VolumeFileError, synthetic_series_description
 
-POSITION_TOLERANCE_MM = 0.01  # as Slicer's DICOM scalar volume loader
 ORIENTATION_TOLERANCE = 1e-4
 AXIAL_TOLERANCE_DEGREES = 5.0  # ImageType AXIAL: the slice normal at most this far from the patient z axis
 SERIES_NUMBER_OFFSET = 1000  # derived series number = source series number + this
@@ -109,35 +109,6 @@ _LOSSY_SYNTAXES = frozenset(
 # Type 2 attributes of the CT Image module that must be present, empty when the input gives no value.
 _TYPE_2 = ("KVP", "AcquisitionNumber")
 ANONYMOUS_PATIENT = "Anonymous"
-
-
-@dataclass(frozen=True)
-class DicomSource:
-    """The DICOM series a volume was read from: what a derived series copies."""
-
-    folder: Path
-    series_uid: str
-    header: Dataset  # the first slice's header (no pixel data)
-    # the source numbers its slices against the volume's k axis (GE and Siemens number head to feet):
-    # a derived series numbers its own the same way, so that viewers sorting by number scroll alike
-    numbers_descend: bool = False
-    # each slice in the volume's order: (SOPClassUID, SOPInstanceUID) and its depth along the slice
-    # normal (LPS mm), so that each derived slice can name the slices it was made from
-    slices: tuple[tuple[str, str], ...] = ()
-    depths: tuple[float, ...] = ()
-
-    def sources_of(self, depth: float) -> list[tuple[str, str]]:
-        """The source slices a derived slice at `depth` (mm along the normal) was made from: the one it
-        lies on, else the two it lies between (the nearest one outside the series)."""
-        if not self.depths:
-            return []
-        depths = np.asarray(self.depths)
-        on = np.flatnonzero(np.abs(depths - depth) <= POSITION_TOLERANCE_MM)
-        if on.size:
-            return [self.slices[int(on[0])]]
-        above = int(np.searchsorted(depths, depth))
-        indices = [i for i in (above - 1, above) if 0 <= i < len(depths)]
-        return [self.slices[i] for i in indices]
 
 
 @dataclass

@@ -14,8 +14,8 @@ import warnings
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
+from ..checks import is_positive_whole_number
 from .architectures import ModelConfig, config_from_dict
-from .checks import is_positive_whole_number
 
 CARD_FORMAT = "volumetricsr-model/1"
 WEIGHTS_SUFFIX = ".safetensors"
@@ -207,7 +207,7 @@ def _bundled_card_path(model_id: str) -> Path:
 def bundled_models_dir() -> Path | None:
     """Resources/Models of the source tree or of a built Slicer extension, or the copy an installed
     wheel carries as package data (VolumetricSRLib/bundled_models), whichever exists."""
-    library = Path(__file__).resolve().parent
+    library = Path(__file__).resolve().parents[1]  # VolumetricSRLib (this module is in its models/)
     for candidate in (
         library.parent.parent / "Resources" / "Models",
         library.parent / "Resources" / "Models",

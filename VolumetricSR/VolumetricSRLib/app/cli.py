@@ -25,21 +25,12 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from . import demo
-from .allocator import peak_rss_bytes
-from .architectures import label_of
-from .batch import Outcome, Ranks, Study, gather_outcomes, plan_studies, rank_share, summary_table
-from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
-from .device import DeviceError, describe_device, resolve_device, use_physical_cores
-from .events import Devices, Done, Failed, Fallback, Progress, Summary, Warned, emit
-from .events import Study as StudyEvent
-from .geometry import GeometryError, slice_spacing, voxel_spacing
-from .model_cards import ModelCard, model_for_slices, read_card, resolve_card_path
-from .network import TVSRN, VARIANTS, TVSRNConfig
-from .network_config import PAPER_PARAMETERS, SIZES
-from .predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
-from .study import StudyOptions, ThinStudy, super_resolve_study
-from .volume_io import (
+from ..geometry import GeometryError, slice_spacing, voxel_spacing
+from ..inference.allocator import peak_rss_bytes
+from ..inference.device import DeviceError, describe_device, resolve_device, use_physical_cores
+from ..inference.predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
+from ..inference.study import StudyOptions, ThinStudy, super_resolve_study
+from ..io.volume_io import (
     FORMATS,
     Volume,
     VolumeFileError,
@@ -49,7 +40,16 @@ from .volume_io import (
     read_volume,
     write_volume,
 )
-from .weights import ModelFileError, NoModelError, default_model_path, load_model
+from ..models.architectures import label_of
+from ..models.model_cards import ModelCard, model_for_slices, read_card, resolve_card_path
+from ..models.network_config import PAPER_PARAMETERS, SIZES
+from ..models.tvsrn import TVSRN, VARIANTS, TVSRNConfig
+from ..models.weights import ModelFileError, NoModelError, default_model_path, load_model
+from . import demo
+from .batch import Outcome, Ranks, Study, gather_outcomes, plan_studies, rank_share, summary_table
+from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
+from .events import Devices, Done, Failed, Fallback, Progress, Summary, Warned, emit
+from .events import Study as StudyEvent
 
 BAD_INPUT = 2
 FAILURE = 1
@@ -498,7 +498,8 @@ def _predict_many(args: argparse.Namespace) -> int:
     _check_marker(args, "dicom" if args.format == "dicom" else "nifti")
     ranks = _ranks()
     output_dir = _output_folder(args.output_dir)
-    studies = plan_studies([Path(path) for path in args.paths], output_dir, dicom=args.format == "dicom")
+    out_format = "nifti" if args.format == "auto" else args.format
+    studies = plan_studies([Path(path) for path in args.paths], output_dir, out_format)
     mine = rank_share(studies, ranks)
     use_physical_cores()
     engines = _Engines(args, ranks)

@@ -23,11 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import geometry
+from .. import geometry
+from ..checks import InputError, is_whole_number
+from ..intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from .allocator import reuse_freed_memory
-from .checks import InputError, is_whole_number
 from .device import describe_device, resolve_device
-from .intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 
 ProgressCallback = Callable[[float, str], None]
 

@@ -18,8 +18,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from .checks import is_positive_whole_number
-from .geometry import thin_slice_count
+from ..checks import is_positive_whole_number
+from ..geometry import thin_slice_count
 
 SPLINE_ORDERS = {"nearest": 0, "linear": 1, "cubic": 3}
 METHODS = (*SPLINE_ORDERS, "lanczos")

@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from torch import nn
 
+from ..geometry import slice_axis_first, spaced_grid, thick_axis, voxel_spacing
+from ..intensity import to_int16_hu
+from ..models.model_cards import ModelCard
 from .consistency import Consistency, check_consistency, enforce_consistency, slab_of
 from .fallback import super_resolve_with_fallback
-from .geometry import slice_axis_first, spaced_grid, thick_axis, voxel_spacing
-from .intensity import to_int16_hu
-from .model_cards import ModelCard
 from .output_plan import MIN_CHECKED_SLICES, plan_output
 from .predictor import PredictOptions
 from .slice_resampling import resample_slices, resampling_positions

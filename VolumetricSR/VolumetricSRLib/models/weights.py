@@ -18,8 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save
 from torch import nn
 
-from .atomic import write_bytes_atomically
-from .intensity import HU_MAX, HU_MIN
+from ..atomic import write_bytes_atomically
+from ..intensity import HU_MAX, HU_MIN
 from .model_cards import (
     CARD_FORMAT,
     CARD_SUFFIX,
@@ -37,8 +37,8 @@ from .model_cards import (
     resolve_card_path,
     sha256_of,
 )
-from .network import count_parameters
 from .networks import build_network
+from .tvsrn import count_parameters
 
 __all__ = [
     "CARD_FORMAT",

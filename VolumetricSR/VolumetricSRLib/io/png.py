@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .atomic import write_bytes_atomically
+from ..atomic import write_bytes_atomically
 
 LUNG_WINDOW = (-1350.0, 150.0)
 ACCENT_RGB = (240, 150, 40)

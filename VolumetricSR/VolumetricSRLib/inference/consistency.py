@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .checks import odd_ratio
+from ..checks import odd_ratio
 
 SLABS = ("box", "gaussian", "sparse")
 
