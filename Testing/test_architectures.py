@@ -16,7 +16,7 @@ from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.models.architectures import REGISTRY, Architecture, config_from_dict, label_of, register
 from VolumetricSRLib.models.baseline_config import BaselineConfig
 from VolumetricSRLib.models.networks import build_network
-from VolumetricSRLib.models.tvsrn import ThinSliceNetwork
+from VolumetricSRLib.models.thin_slice_network import ThinSliceNetwork
 from VolumetricSRLib.models.weights import load_model, save_model
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
 

@@ -28,7 +28,8 @@ from VolumetricSRLib.io.volume_io import read_volume, write_volume
 from VolumetricSRLib.models.architectures import REGISTRY, config_from_dict, label_of
 from VolumetricSRLib.models.cnn_parts import depth_shuffle, planes, unplanes
 from VolumetricSRLib.models.networks import build_network
-from VolumetricSRLib.models.tvsrn import TVSRNConfig, depth_interpolation_matrix
+from VolumetricSRLib.models.thin_slice_network import depth_interpolation_matrix
+from VolumetricSRLib.models.tvsrn import TVSRNConfig
 from VolumetricSRLib.models.weights import load_model, save_model
 from VolumetricSRLib.phantom import chest_phantom
 

@@ -70,9 +70,9 @@ def test_a_failing_child_gives_its_one_line_reason(tmp_path: Path) -> None:
 def test_unexpected_failures_are_one_line_too(tmp_path: Path) -> None:
     """A crash inside the core still ends as an error event; the traceback goes to the log only."""
     script = (
-        "import sys; from VolumetricSRLib.app import cli; from VolumetricSRLib.io import volume_io\n"
+        "import sys; from VolumetricSRLib.app import cli, run\n"
         "def broken(path, series=None): raise RuntimeError('disk on fire')\n"
-        "cli.read_volume = broken\n"
+        "run.read_volume = broken\n"
         "sys.exit(cli.main(sys.argv[1:]))\n"
     )
     source = thick_phantom(tmp_path)

@@ -31,7 +31,8 @@ from VolumetricSRLib.models import model_cards
 from VolumetricSRLib.models.architectures import REGISTRY
 from VolumetricSRLib.models.network_config import PAPER_PARAMETERS, SIZES
 from VolumetricSRLib.models.networks import build_network
-from VolumetricSRLib.models.tvsrn import TVSRN, VARIANTS, TVSRNConfig, count_parameters
+from VolumetricSRLib.models.thin_slice_network import count_parameters
+from VolumetricSRLib.models.tvsrn import TVSRN, VARIANTS, TVSRNConfig
 from VolumetricSRLib.models.weights import load_model, save_model
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
 

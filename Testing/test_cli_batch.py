@@ -14,7 +14,7 @@ import pytest
 from dicom_series import LPS, write_series
 
 from conftest import REPO, tiny_tvsrn
-from VolumetricSRLib.app import cli
+from VolumetricSRLib.app import cli, run
 from VolumetricSRLib.app.batch import Ranks, Study, output_names, plan_studies, rank_share
 from VolumetricSRLib.io.volume_io import SUPPORTED, read_volume, write_volume
 from VolumetricSRLib.models.weights import save_model
@@ -104,10 +104,10 @@ def test_ranks_come_from_the_torchrun_environment(monkeypatch):
 
 def test_a_gpu_request_under_torchrun_means_the_gpu_of_the_local_rank(monkeypatch):
     monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
-    assert cli._device_of_rank("auto", Ranks(3, 4, 1)) == "cuda:1"
-    assert cli._device_of_rank("cuda", Ranks(3, 4, 1)) == "cuda:1"
-    assert cli._device_of_rank("cpu", Ranks(3, 4, 1)) == "cpu"
-    assert cli._device_of_rank("auto", Ranks()) == "auto"  # one process: the usual choice
+    assert run.device_of_rank("auto", Ranks(3, 4, 1)) == "cuda:1"
+    assert run.device_of_rank("cuda", Ranks(3, 4, 1)) == "cuda:1"
+    assert run.device_of_rank("cpu", Ranks(3, 4, 1)) == "cpu"
+    assert run.device_of_rank("auto", Ranks()) == "auto"  # one process: the usual choice
 
 
 # ---------------------------------------------------------------- runs
@@ -194,7 +194,7 @@ def test_series_chooses_the_series_of_a_single_input_with_output_dir(tmp_path, c
 def test_an_interrupt_says_how_many_studies_were_written(tmp_path, card, capsys, monkeypatch):
     sources = [thick(tmp_path / "in", f"s{n}.nii.gz", seed=n) for n in range(3)]
     out = tmp_path / "out"
-    real, calls = cli._super_resolve, []
+    real, calls = run.super_resolve, []
 
     def interrupted_on_the_second(*args, **kwargs):
         calls.append(args)
@@ -202,7 +202,7 @@ def test_an_interrupt_says_how_many_studies_were_written(tmp_path, card, capsys,
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(cli, "_super_resolve", interrupted_on_the_second)
+    monkeypatch.setattr(run, "super_resolve", interrupted_on_the_second)
     code, _, err = predict_many(capsys, card, *sources, "--output-dir", out)
     assert code == 130
     assert (

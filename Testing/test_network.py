@@ -7,14 +7,8 @@ import torch
 
 from conftest import tiny_tvsrn
 from VolumetricSRLib.models.network_config import PAPER_PARAMETERS
-from VolumetricSRLib.models.tvsrn import (
-    TVSRN,
-    VARIANTS,
-    TVSRNConfig,
-    count_parameters,
-    depth_interpolation_matrix,
-    l1_loss,
-)
+from VolumetricSRLib.models.thin_slice_network import count_parameters, depth_interpolation_matrix, l1_loss
+from VolumetricSRLib.models.tvsrn import TVSRN, VARIANTS, TVSRNConfig
 
 # TVSRNConfig.tiny with two layers and two heads per stage, and a ViT small enough for the vit variant
 GROWN = {

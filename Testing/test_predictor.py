@@ -33,7 +33,7 @@ from VolumetricSRLib.inference.predictor import (
     super_resolve_unit,
 )
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
-from VolumetricSRLib.models.tvsrn import depth_interpolation_matrix
+from VolumetricSRLib.models.thin_slice_network import depth_interpolation_matrix
 
 CPU = "cpu"
 

@@ -14,7 +14,8 @@ import torch
 from safetensors.torch import save_file
 
 from VolumetricSRLib.models import model_cards
-from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig, count_parameters
+from VolumetricSRLib.models.thin_slice_network import count_parameters
+from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig
 from VolumetricSRLib.models.weights import (
     CARD_FORMAT,
     ModelCard,

@@ -11,7 +11,7 @@ import torch
 from VolumetricSRLib.models.architectures import label_of
 from VolumetricSRLib.models.network_config import PAPER_PARAMETERS
 from VolumetricSRLib.models.networks import build_network
-from VolumetricSRLib.models.tvsrn import count_parameters
+from VolumetricSRLib.models.thin_slice_network import count_parameters
 
 from .config import TrainConfig, load_config
 

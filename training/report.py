@@ -32,7 +32,7 @@ from VolumetricSRLib.inference.interpolation import METHODS as INTERPOLATIONS
 from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN
 from VolumetricSRLib.metrics import detailed_scores, score_volume
-from VolumetricSRLib.models.tvsrn import count_parameters
+from VolumetricSRLib.models.thin_slice_network import count_parameters
 
 from .checkpoints import read_checkpoint, state_digest
 from .config import TrainConfig, learning_differences, load_config

@@ -29,7 +29,7 @@ from tqdm import tqdm
 from VolumetricSRLib.atomic import atomic_path
 from VolumetricSRLib.inference.device import describe_device, resolve_device
 from VolumetricSRLib.models.networks import build_network
-from VolumetricSRLib.models.tvsrn import depth_interpolation_matrix, l1_loss
+from VolumetricSRLib.models.thin_slice_network import depth_interpolation_matrix, l1_loss
 
 from .checkpoints import read_checkpoint, state_digest
 from .config import SCHEDULE_KEYS, TrainConfig, learning_differences

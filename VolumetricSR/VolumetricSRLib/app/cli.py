@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import sys
-import time
 import traceback
 import warnings
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from functools import partial
 from pathlib import Path
 
@@ -25,38 +25,33 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..geometry import GeometryError, slice_spacing, voxel_spacing
+from ..geometry import voxel_spacing
 from ..inference.allocator import peak_rss_bytes
 from ..inference.device import DeviceError, describe_device, resolve_device, use_physical_cores
-from ..inference.predictor import DEPTH_BLENDS, InputError, PredictionCancelled, PredictOptions
-from ..inference.study import StudyOptions, ThinStudy, super_resolve_study
-from ..io.volume_io import (
-    FORMATS,
-    Volume,
-    VolumeFileError,
-    check_output_path,
-    check_room,
-    output_format,
-    read_volume,
-    write_volume,
-)
-from ..models.architectures import label_of
-from ..models.model_cards import ModelCard, model_for_slices, read_card, resolve_card_path
+from ..inference.predictor import DEPTH_BLENDS, PredictionCancelled, PredictOptions
+from ..io.volume_io import FORMATS
+from ..models.model_cards import ModelCard
 from ..models.network_config import PAPER_PARAMETERS, SIZES
 from ..models.tvsrn import TVSRN, VARIANTS, TVSRNConfig
-from ..models.weights import ModelFileError, NoModelError, default_model_path, load_model
+from ..models.weights import load_model
 from . import demo
-from .batch import Outcome, Ranks, Study, gather_outcomes, plan_studies, rank_share, summary_table
+from .batch import Outcome, Ranks, Study, summary_table
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
 from .events import Devices, Done, Failed, Fallback, Progress, Summary, Warned, emit
 from .events import Study as StudyEvent
+from .run import (
+    GPU_MEMORY_ADVICE,
+    MEMORY_ADVICE,
+    USER_ERRORS,
+    PredictRequest,
+    StudyResult,
+    predict_many,
+    predict_one,
+)
 
 BAD_INPUT = 2
 FAILURE = 1
 INTERRUPTED = 130
-_USER_ERRORS = (VolumeFileError, ModelFileError, InputError, GeometryError, DeviceError)
-GPU_MEMORY_ADVICE = "the GPU ran out of memory; use a smaller --tile (e.g. 256), --batch 1 or --device cpu"
-MEMORY_ADVICE = "out of memory; use a smaller --tile (e.g. 256) and --batch 1"
 
 # The first component of a state_dict key names the part of the network it belongs to.
 _PARTS = {
@@ -224,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         warnings.showwarning = _emit_warning if as_json else _print_warning
         try:
             return args.handler(args)
-        except _USER_ERRORS as exc:
+        except USER_ERRORS as exc:
             return _fail(str(exc), BAD_INPUT, as_json)
         except torch.cuda.OutOfMemoryError:
             return _fail(GPU_MEMORY_ADVICE, FAILURE, as_json)
@@ -263,153 +258,101 @@ def _print_warning(
 
 def run_predict(args: argparse.Namespace) -> int:
     """The `predict` command: one study (INPUT OUTPUT), or many (INPUT ... --output-dir DIR)."""
-    if args.output_dir is not None:
-        return _predict_many(args)
-    if len(args.paths) != 2:
-        raise VolumeFileError(
-            f"predict takes an INPUT and an OUTPUT, got {len(args.paths)} path(s); to super-resolve several "
-            "studies give them with --output-dir DIR"
-        )
-    source, target = Path(args.paths[0]), args.paths[1]  # as typed: a trailing '/' asks for a DICOM folder
-    output = check_output_path(source, target, args.overwrite, args.format)
-    _check_marker(args, output_format(target, args.format))
-    use_physical_cores()
-    volume = read_volume(source, args.series)
-    check_room(output, _expected_bytes(args, volume))
-    engine = _Engines(args, Ranks()).for_volume(volume)
-    study, seconds = _super_resolve(args, engine, volume, source, target)
-    _report(args, engine, study, seconds, output, volume)
-    return 0
+    request, reporter = predict_request(args), _Reporter(args.progress)
+    if args.output_dir is None:
+        predict_one(request, reporter)
+        return 0
+    run = predict_many(request, reporter)
+    if run.interrupted is not None:
+        return _fail(run.interrupted, INTERRUPTED, args.progress == "json")
+    if run.outcomes is None:  # not rank 0: rank 0 reports every study
+        return 0
+    return _summarise(args, run.outcomes)
 
 
-@dataclass(frozen=True)
-class _Engine:
-    """What every study of a run shares: the model (loaded once), its card and the options (device too)."""
-
-    model: nn.Module
-    card: ModelCard
-    options: StudyOptions
-
-
-class _Engines:
-    """The models of a run, each loaded once: --model for every study, or per study the bundled model
-    made for its slice thickness (`model_for_slices`)."""
-
-    def __init__(self, args: argparse.Namespace, ranks: Ranks) -> None:
-        self.args = args
-        device = resolve_device(_device_of_rank(args.device, ranks))
-        predict = PredictOptions(
-            device=str(device),
-            tile=args.tile,
-            tile_overlap=args.overlap,
-            depth_overlap=args.depth_overlap,
-            batch=args.batch,
-            amp=args.amp,
-            cpu_bf16=args.cpu_bf16,
-            depth_blend=args.depth_blend,
-        )
-        self.options = StudyOptions(predict, args.spacing, args.enforce_consistency)
-        self.loaded: dict[str, _Engine] = {}
-        # a bad --model, or no model at all, fails the run before its first study
-        if args.model is not None:
-            self._engine(args.model)
-        elif default_model_path() is None:
-            raise NoModelError()
-
-    def for_volume(self, volume: Volume) -> _Engine:
-        """The engine of one study."""
-        if self.args.model is not None:
-            return self._engine(self.args.model)
-        return self._engine(_model_for(self.args, slice_spacing(volume.affine)))
-
-    def _engine(self, model_path: str | Path) -> _Engine:
-        key = str(model_path)
-        if key not in self.loaded:
-            model, card = load_model(model_path, device="cpu", allow_untrained=self.args.allow_untrained)
-            if not card.trained:
-                warnings.warn(
-                    f"{card.id} holds untrained weights: the output is not a super-resolved CT", stacklevel=1
-                )
-            self.loaded[key] = _Engine(model, card, self.options)
-        return self.loaded[key]
+def predict_request(args: argparse.Namespace) -> PredictRequest:
+    """The run layer's request for the parsed `predict` arguments."""
+    predict = PredictOptions(
+        device=args.device,
+        tile=args.tile,
+        tile_overlap=args.overlap,
+        depth_overlap=args.depth_overlap,
+        batch=args.batch,
+        amp=args.amp,
+        cpu_bf16=args.cpu_bf16,
+        depth_blend=args.depth_blend,
+    )
+    return PredictRequest(
+        paths=tuple(str(path) for path in args.paths),
+        output_dir=args.output_dir,
+        series=args.series,
+        model=args.model,
+        allow_untrained=args.allow_untrained,
+        predict=predict,
+        spacing_mm=args.spacing,
+        enforce_consistency=args.enforce_consistency,
+        out_format=args.format,
+        overwrite=args.overwrite,
+        compress=args.compress,
+        burn_in_marker=args.burn_in_marker,
+    )
 
 
-def _check_marker(args: argparse.Namespace, kind: str) -> None:
-    """--burn-in-marker asks for DICOM output: refused before any work otherwise."""
-    if args.burn_in_marker and kind != "dicom":
-        raise VolumeFileError(
-            "a burned-in SYNTHETIC marker (--burn-in-marker) is for DICOM output, whose viewers may drop "
-            "the header's labels; this output is a file whose header says synthetic: leave the option out, "
-            "or write DICOM (an output folder, or --format dicom)"
-        )
+class _Reporter:
+    """How `predict` shows a run (a RunListener): lines and a progress bar for people, or JSON events
+    on stdout (--progress json)."""
 
+    def __init__(self, mode: str) -> None:
+        self.mode = mode
+        self.as_json = mode == "json"
 
-def _expected_bytes(args: argparse.Namespace, volume: Volume) -> int:
-    """About how many bytes the thin output of `volume` takes (int16, uncompressed): its thin spacing is
-    --spacing, else the card's of the model that will run (1 mm where no card can be read)."""
-    input_mm = slice_spacing(volume.affine)
-    thin_mm = args.spacing
-    if thin_mm is None:
-        try:
-            path = _model_for(args, input_mm)
-            thin_mm = read_card(resolve_card_path(path)).thin_spacing_mm if path is not None else None
-        except ModelFileError:
-            thin_mm = None
-    return int(2 * volume.array.size * input_mm / (thin_mm or 1.0))
+    def study_started(self, place: str, study: Study, ranks: Ranks) -> None:
+        if not self.as_json:
+            who = f"rank {ranks.rank} of {ranks.world}, " if ranks.world > 1 else ""
+            print(f"[{who}study {place}] {study.input} -> {study.output}", flush=True)
 
-
-def _model_for(args: argparse.Namespace, slice_mm: float) -> str | Path | None:
-    """The model a study of `slice_mm` slices runs: --model, else the bundled one for its thickness."""
-    return args.model if args.model is not None else model_for_slices(slice_mm, args.spacing)
-
-
-def _device_of_rank(requested: str, ranks: Ranks) -> str:
-    """Under torchrun with several processes, a GPU request means this process's GPU (LOCAL_RANK)."""
-    wants_gpu = str(requested).strip().lower() in ("auto", "cuda", "gpu")
-    if ranks.world > 1 and wants_gpu and torch.cuda.is_available():
-        return f"cuda:{ranks.local}"
-    return requested
-
-
-def _super_resolve(
-    args: argparse.Namespace, engine: _Engine, volume: Volume, source: Path, target: str
-) -> tuple[ThinStudy, float]:
-    """Super-resolve one volume with progress as asked, write it to `target`; (study, seconds)."""
-    as_json = args.progress == "json"
-    start = time.perf_counter()
-    # disable=None: the bar shows on a terminal only, not in logs of batch runs
-    bar = progress_bar(disable=None) if args.progress == "bar" else contextlib.nullcontext()
-    with bar:
-        if as_json:
-            report = _emit_progress
-        elif args.progress == "bar":
-            report = partial(show_progress, bar)
+    @contextlib.contextmanager
+    def progress(self) -> Iterator[Callable[[float, str], None] | None]:
+        if self.as_json:
+            yield _emit_progress
+        elif self.mode == "bar":
+            with progress_bar(disable=None) as bar:  # disable=None: on a terminal only, not in logs
+                yield partial(show_progress, bar)
         else:
-            report = None
-        study = super_resolve_study(
-            engine.model,
-            engine.card,
-            volume.array,
-            volume.affine,
-            engine.options,
-            on_fallback=_emit_fallback if as_json else _warn,
-            progress=report,
-        )
-    seconds = time.perf_counter() - start
-    _write_thin(args, target, study, volume, source, engine.card)
-    return study, seconds
+            yield None
+
+    def fallback(self, message: str) -> None:
+        if self.as_json:
+            emit(Fallback(message))
+        else:
+            warnings.warn(message, stacklevel=1)
+
+    def study_done(self, result: StudyResult, many: bool) -> None:
+        if not (many and self.as_json):  # many studies in JSON: a study event follows instead
+            _report(result, self.as_json)
+
+    def study_outcome(self, outcome: Outcome, ranks: Ranks) -> None:
+        if outcome.status == "failed":
+            print(f"error: {outcome.study}: {outcome.detail}", file=sys.stderr, flush=True)
+        if self.as_json:
+            emit(StudyEvent(rank=ranks.rank, **asdict(outcome)))
 
 
-def _report(
-    args: argparse.Namespace, engine: _Engine, study: ThinStudy, seconds: float, output: Path, volume: Volume
-) -> None:
+def _report(result: StudyResult, as_json: bool) -> None:
     """The done event (--progress json) or the lines for people, after one study."""
+    engine, study, seconds, output, volume = (
+        result.engine,
+        result.study,
+        result.seconds,
+        result.output,
+        result.volume,
+    )
     k, j, i = study.hu.shape
     spacing = voxel_spacing(study.affine)
     ran_on = describe_device(resolve_device(study.used.device))
     peak = peak_rss_bytes()
     check = study.consistency
-    if args.progress == "json":
+    if as_json:
         emit(
             Done(
                 output=str(output),
@@ -444,153 +387,13 @@ def _report(
         print(f"peak memory (resident): {peak / 2**30:.2f} GiB")
 
 
+
 def _made_for(card: ModelCard) -> str:
     """What a model was made for, in a few words."""
     if card.thick_spacing_mm and card.thin_spacing_mm:
         return f"made for {card.thick_spacing_mm:g} mm slices into {card.thin_spacing_mm:g} mm"
     return "no slice thickness on its card"
 
-
-def _write_thin(
-    args: argparse.Namespace, target: str, study: ThinStudy, volume: Volume, source: Path, card: ModelCard
-) -> None:
-    """Write the thin CT labelled synthetic (model id, weights sha256, input, resampling) with its
-    consistency check; a DICOM series goes into the input's study when the input was DICOM, else into a
-    new anonymous one (and a warning says so)."""
-    synthetic = {
-        "model": card.id,
-        "architecture": label_of(card.config),
-        "model_sha256": card.sha256,
-        "source": Path(source).name,
-    }
-    if study.resampling is not None:
-        synthetic["slice_resampling"] = study.resampling
-    if volume.dicom is not None:
-        synthetic["source_series_uid"] = volume.dicom.series_uid
-    elif output_format(target, args.format) == "dicom":
-        warnings.warn(
-            f"the input is not DICOM, so the series in {Path(target)} is filed under a new anonymous patient "
-            "and study; move it to the right patient in your DICOM tools if needed",
-            stacklevel=1,
-        )
-    write_volume(
-        target,
-        study.hu,
-        study.affine,
-        overwrite=args.overwrite,
-        input_path=source,
-        compress=args.compress,
-        synthetic=synthetic,
-        out_format=args.format,
-        dicom_source=volume.dicom,
-        consistency=study.consistency,
-        burn_in_marker=args.burn_in_marker,
-    )
-
-
-def _predict_many(args: argparse.Namespace) -> int:
-    """Every input into --output-dir: this rank's share, one failure not stopping the rest, a table."""
-    if args.series is not None and len(args.paths) > 1:
-        raise VolumeFileError(
-            "--series chooses a series in one DICOM folder; give a single input with --series, or run the "
-            "folders one at a time"
-        )
-    _check_marker(args, "dicom" if args.format == "dicom" else "nifti")
-    ranks = _ranks()
-    output_dir = _output_folder(args.output_dir)
-    out_format = "nifti" if args.format == "auto" else args.format
-    studies = plan_studies([Path(path) for path in args.paths], output_dir, out_format)
-    mine = rank_share(studies, ranks)
-    use_physical_cores()
-    engines = _Engines(args, ranks)
-    outcomes: list[Outcome] = []
-    for n, study in enumerate(mine, 1):
-        try:
-            outcomes.append(_one_study(args, engines, study, f"{n}/{len(mine)}", ranks))
-        except _StudyInterrupted as interrupt:
-            message = _interrupted_message(outcomes, interrupt, output_dir)
-            return _fail(message, INTERRUPTED, args.progress == "json")
-    everyone = gather_outcomes(outcomes, ranks)
-    if everyone is None:  # rank 0 reports every study
-        return 0
-    return _summarise(args, everyone)
-
-
-def _ranks() -> Ranks:
-    try:
-        return Ranks.from_environment()
-    except ValueError as error:
-        raise InputError(f"the torchrun environment is inconsistent: {error}") from None
-
-
-def _output_folder(folder: Path) -> Path:
-    """The --output-dir folder, created if it does not exist."""
-    if folder.exists() and not folder.is_dir():
-        raise VolumeFileError(f"--output-dir {folder} is a file; give a folder")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        reason = error.strerror or error
-        raise VolumeFileError(f"cannot create the output folder {folder}: {reason}") from error
-    return folder
-
-
-class _StudyInterrupted(Exception):
-    """Ctrl-C (or a cancel) during one study of many: which one, and whether its output was written."""
-
-    def __init__(self, study: str, place: str, written: bool) -> None:
-        super().__init__(f"interrupted during study {place} ({study})")
-        self.study, self.place, self.written = study, place, written
-
-
-def _interrupted_message(done: list[Outcome], interrupt: _StudyInterrupted, output_dir: Path) -> str:
-    """What an interrupt of many studies leaves: the studies written before it, and the one it hit."""
-    written = sum(outcome.status == "done" for outcome in done) + interrupt.written
-    if interrupt.written:
-        current = f"interrupted after study {interrupt.place} ({interrupt.study}) was written"
-    else:
-        current = f"interrupted during study {interrupt.place} ({interrupt.study}), which was not written"
-    if not written:
-        return f"{current}; nothing was written"
-    studies = "1 study was" if written == 1 else f"{written} studies were"
-    return f"{current}; {studies} written to {output_dir} in this run"
-
-
-def _one_study(
-    args: argparse.Namespace, engines: _Engines, study: Study, place: str, ranks: Ranks
-) -> Outcome:
-    """Run one study of many; any failure but an interrupt becomes a "failed" outcome (an interrupt
-    becomes _StudyInterrupted, which says whether the study's output was written)."""
-    name = str(study.input)
-    as_json = args.progress == "json"
-    if not as_json:
-        who = f"rank {ranks.rank} of {ranks.world}, " if ranks.world > 1 else ""
-        print(f"[{who}study {place}] {name} -> {study.output}", flush=True)
-    start = time.perf_counter()
-    if study.output.exists() and not args.overwrite:
-        outcome = Outcome(name, "skipped", 0.0, f"{study.output} exists (--overwrite redoes it)")
-    else:
-        target = f"{study.output}/" if args.format == "dicom" else str(study.output)
-        written = False
-        try:
-            check_output_path(study.input, target, args.overwrite, args.format)
-            volume = read_volume(study.input, args.series)
-            check_room(study.output, _expected_bytes(args, volume))
-            engine = engines.for_volume(volume)
-            result, seconds = _super_resolve(args, engine, volume, study.input, target)
-            written = True
-            if not as_json:
-                _report(args, engine, result, seconds, study.output, volume)
-            outcome = Outcome(name, "done", time.perf_counter() - start, str(study.output))
-        except (KeyboardInterrupt, PredictionCancelled) as interrupt:
-            raise _StudyInterrupted(name, place, written) from interrupt
-        except Exception as error:  # one study's failure, whatever it is, must not stop the others
-            message = _failure_message(error)
-            print(f"error: {name}: {message}", file=sys.stderr, flush=True)
-            outcome = Outcome(name, "failed", time.perf_counter() - start, message)
-    if as_json:
-        emit(StudyEvent(rank=ranks.rank, **asdict(outcome)))
-    return outcome
 
 
 def _summarise(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
@@ -608,29 +411,10 @@ def _summarise(args: argparse.Namespace, outcomes: list[Outcome]) -> int:
     return 0
 
 
-def _failure_message(error: BaseException) -> str:
-    """One line for a failure: the message of a user error, advice for memory, else type and message
-    (with the traceback on stderr)."""
-    if isinstance(error, _USER_ERRORS):
-        return str(error)
-    if isinstance(error, torch.cuda.OutOfMemoryError):
-        return GPU_MEMORY_ADVICE
-    if isinstance(error, MemoryError):
-        return str(error) or MEMORY_ADVICE
-    traceback.print_exc()
-    return f"{type(error).__name__}: {error}"
-
 
 def _emit_progress(fraction: float, message: str) -> None:
     emit(Progress(round(float(fraction), 6), message))
 
-
-def _emit_fallback(message: str) -> None:
-    emit(Fallback(message))
-
-
-def _warn(message: str) -> None:
-    warnings.warn(message, stacklevel=1)
 
 
 def run_devices(args: argparse.Namespace) -> int:

@@ -27,8 +27,10 @@ from ..intensity import to_int16_hu
 from ..io.png import review_montage, write_png
 from ..io.volume_io import VolumeFileError, read_volume, write_volume
 from ..metrics import PROTOCOL_TRIM, score_volume
-from ..models.weights import default_model_path, load_model
+from ..models.weights import default_model_path
+from .batch import Ranks
 from .cli_common import add_model_and_device_arguments, progress_bar, show_progress
+from .run import Engines, PredictRequest
 
 DESCRIPTION = (
     "Simulate a 5 mm scan of a thin chest CT (a built-in synthetic phantom, or --input), super-resolve "
@@ -141,15 +143,18 @@ def run_demo(
     out = Path(output_dir)
     notes: list[str] = []
     model_path = model if model is not None else default_model_path()
-    network = card = None
+    engine = card = None
     if model_path is None:
         notes.append(NO_MODEL_MESSAGE)
     else:
-        network, card = load_model(model_path, device="cpu")
+        overlap = PredictOptions.tile_overlap if tile is None else min(PredictOptions.tile_overlap, tile // 4)
+        options = PredictOptions(device=device, tile=tile, tile_overlap=overlap, batch=batch)
+        request = PredictRequest(paths=(), model=str(model_path), predict=options)
+        engine = Engines(request, Ranks()).engine(model_path)
+        card = engine.card
     ratio = card.ratio if card else DEFAULT_RATIO
     thick_mm = (card.thick_spacing_mm if card else None) or DEFAULT_THICK_MM
     targets = _output_paths(out, with_prediction=card is not None, overwrite=overwrite)
-    run_device = resolve_device(device) if card else None
 
     if input_path is not None:
         thin, thin_affine, source = _read_thin_ct(Path(input_path), ratio, thick_mm, notes)
@@ -169,15 +174,13 @@ def run_demo(
     results = {method: interpolate_slices(thick, ratio, method) for method in ("cubic", "linear")}
     seconds = None
     affines = {"thick": thick_affine}  # every other file lies on the thin grid
-    if card is not None:
-        overlap = PredictOptions.tile_overlap if tile is None else min(PredictOptions.tile_overlap, tile // 4)
-        options = PredictOptions(device=str(run_device), tile=tile, tile_overlap=overlap, batch=batch)
+    if engine is not None:
         start = time.perf_counter()
         prediction, prediction_affine = super_resolve_hu(
-            network,
+            engine.model,
             thick,
             thick_affine,
-            options,
+            engine.options.predict,
             progress=progress,
             window=card.window,
             trained_spacing_mm=card.thick_spacing_mm,
@@ -208,7 +211,7 @@ def run_demo(
         files=targets,
         ratio=ratio,
         model_id=card.id if card else None,
-        device=describe_device(run_device) if run_device is not None else None,
+        device=describe_device(resolve_device(engine.options.predict.device)) if engine else None,
         seconds=seconds,
         notes=notes,
     )

@@ -29,7 +29,6 @@ from .volume import synthetic_description as synthetic_description
 from .volume import synthetic_series_description as synthetic_series_description
 
 
-
 def suffixes(writable: bool = False) -> tuple[str, ...]:
     """The file name endings of the registered formats (that can be written), in the table's order."""
     return tuple(s for entry in TABLE.values() if entry.write or not writable for s in entry.suffixes)
@@ -85,9 +84,10 @@ def output_format(path: str | Path, requested: str = "auto") -> str:
     if not text.lower().endswith(suffixes()) and (Path(text).is_dir() or text.endswith(("/", os.sep))):
         return folder
     if not text.lower().endswith(suffixes(writable=True)):
+        endings = ", ".join(suffixes(writable=True))
         raise VolumeFileError(
-            f"{Path(text).name}: unsupported file type for an output; give a file name ending in "
-            f"{', '.join(suffixes(writable=True))}, or a folder (a path ending in '/', or --format dicom) for a DICOM series"
+            f"{Path(text).name}: unsupported file type for an output; give a file name ending in {endings}, "
+            "or a folder (a path ending in '/', or --format dicom) for a DICOM series"
         )
     return file_kind(text)
 

@@ -12,7 +12,7 @@ from torch import nn
 
 from .baseline_config import DAVSRConfig, MPUNetConfig, ResVoxConfig, SAINTConfig
 from .cnn_parts import VIEWS, depth_shuffle, planes, residual_stack, unplanes
-from .tvsrn import ThinSliceNetwork
+from .thin_slice_network import ThinSliceNetwork
 
 
 class ResVox(ThinSliceNetwork):

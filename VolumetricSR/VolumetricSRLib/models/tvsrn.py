@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .architectures import ModelConfig
 from .network_config import OUTPUTS, VARIANTS, TVSRNConfig
+from .thin_slice_network import ThinSliceNetwork
 
 __all__ = ["OUTPUTS", "TVSRN", "VARIANTS", "TVSRNConfig"]
 
@@ -356,57 +356,6 @@ def depth_position_code(length: int, channels: int) -> torch.Tensor:
     return code
 
 
-def depth_interpolation_matrix(depth: int, ratio: int) -> torch.Tensor:
-    """(D', D) weights of linear interpolation from thick slices to the thin grid."""
-    thin = (depth - 1) * ratio + 1
-    matrix = torch.zeros(thin, depth)
-    for j in range(thin):
-        lo, t = divmod(j, ratio)
-        matrix[j, lo] = 1.0 - t / ratio
-        if t:
-            matrix[j, lo + 1] = t / ratio
-    return matrix
-
-
-class ThinSliceNetwork(nn.Module):
-    """The contract of every network here (TVSRN and the CNN baselines): (B, D, H, W) thick slices in
-    [0, 1] -> (B, D', H, W) thin slices, output slice r * i on input slice i. In-plane sizes are padded
-    by replication to a multiple of `spatial_multiple` and cropped back. With `cfg.output ==
-    "residual"` the output is linear interpolation plus what `predict` returns."""
-
-    spatial_multiple = 1
-
-    def __init__(self, cfg: ModelConfig) -> None:
-        super().__init__()
-        self.cfg = cfg
-        self.register_buffer("interp", depth_interpolation_matrix(cfg.depth, cfg.ratio), persistent=False)
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, D, H, W) with H, W multiples of spatial_multiple -> (B, D', H, W)."""
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, D, H, W) thick slices in [0, 1] -> (B, D', H, W) thin slices."""
-        _b, d, h, w = x.shape
-        if d != self.cfg.depth:
-            raise ValueError(f"expected {self.cfg.depth} input slices, got {d}")
-        m = self.spatial_multiple
-        hp, wp = math.ceil(h / m) * m, math.ceil(w / m) * m
-        xp = F.pad(x, (0, wp - w, 0, hp - h), mode="replicate") if (hp, wp) != (h, w) else x
-        out = self.predict(xp)[:, :, :h, :w]
-        if self.cfg.output == "residual":
-            out = out + torch.einsum("td,bdhw->bthw", self.interp.to(x.dtype), x)
-        return out
-
-    def start_at_interpolation(self, *layers: nn.Module) -> None:
-        """Zero the weights and biases of the output layers when the output is residual, so that the
-        untrained network predicts linear interpolation."""
-        if self.cfg.output == "residual":
-            for layer in layers:
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
-
-
 class TVSRN(ThinSliceNetwork):
     """The network; `cfg.variant` selects full, no_tab, encoder_only or vit."""
 
@@ -492,13 +441,3 @@ def _plane_position_code(gh: int, gw: int, dim: int) -> torch.Tensor:
     rows = depth_position_code(gh, dim // 2)[:, None].expand(gh, gw, dim // 2)
     cols = depth_position_code(gw, dim // 2)[None].expand(gh, gw, dim // 2)
     return torch.cat([rows, cols], dim=-1).reshape(gh * gw, dim)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def l1_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The paper's loss: mean absolute error over all output voxels."""
-    return F.l1_loss(prediction, target)

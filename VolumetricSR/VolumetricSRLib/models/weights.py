@@ -38,7 +38,7 @@ from .model_cards import (
     sha256_of,
 )
 from .networks import build_network
-from .tvsrn import count_parameters
+from .thin_slice_network import count_parameters
 
 __all__ = [
     "CARD_FORMAT",
