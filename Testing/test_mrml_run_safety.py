@@ -204,7 +204,7 @@ def test_the_panel_settings_become_one_object_with_one_not_set_value() -> None:
 
     panel = SimpleNamespace(  # the parameter node's fields, as the panel leaves them by default
         device="GPU", tileSize=0, depthOverlap=2, batchSize=0, halfPrecision=False, outputSpacing=0.0,
-        enforceConsistency=True,
+        enforceConsistency=True, adaptToScan=False,
     )  # fmt: skip
     settings = RunSettings.from_panel(panel, "")
     assert settings == RunSettings(device="GPU", depth_overlap=2, amp=False, enforce_consistency=True)
@@ -218,7 +218,7 @@ def test_the_panel_settings_become_one_object_with_one_not_set_value() -> None:
         "--enforce-consistency",
     ]
     chosen = RunSettings.from_panel(
-        SimpleNamespace(**{**vars(panel), "tileSize": 256, "outputSpacing": 0.5}), "x3"
+        SimpleNamespace(**{**vars(panel), "tileSize": 256, "outputSpacing": 0.5, "adaptToScan": True}), "x3"
     )
     assert chosen.arguments()[2:] == ["--depth-overlap", "2", "--model", "x3", "--tile", "256", "--no-amp",
-                                      "--spacing", "0.5", "--enforce-consistency"]  # fmt: skip
+                                      "--spacing", "0.5", "--enforce-consistency", "--adapt"]  # fmt: skip

@@ -128,6 +128,7 @@ class VolumetricSRParameterNode:
     halfPrecision - half precision (bfloat16, else float16) on the GPU.
     outputSpacing - thin slice spacing in mm, 0 for the model card's (1 mm for the bundled model).
     enforceConsistency - correct the thin slices so that each full slab re-thickens to its measured slice.
+    adaptToScan - fine-tune a copy of the model on pairs from the scan's in-plane axes before predicting.
     showReview - show the three-over-three review after Apply.
     """
 
@@ -142,6 +143,7 @@ class VolumetricSRParameterNode:
     halfPrecision: bool = True
     outputSpacing: Annotated[float, WithinRange(0.0, 10.0)] = 0.0
     enforceConsistency: bool = False
+    adaptToScan: bool = False
     showReview: bool = True
 
 

@@ -76,6 +76,7 @@ class RunSettings:
     allow_untrained: bool = False
     spacing_mm: float | None = None
     enforce_consistency: bool = False
+    adapt: bool = False
 
     @classmethod
     def from_panel(cls, panel: object, model: str | None) -> RunSettings:
@@ -90,6 +91,7 @@ class RunSettings:
             amp=panel.halfPrecision,
             spacing_mm=panel.outputSpacing or None,
             enforce_consistency=panel.enforceConsistency,
+            adapt=panel.adaptToScan,
         )
 
     def arguments(self) -> list[str]:
@@ -110,6 +112,8 @@ class RunSettings:
             arguments += ["--spacing", repr(float(self.spacing_mm))]
         if self.enforce_consistency:
             arguments.append("--enforce-consistency")
+        if self.adapt:
+            arguments.append("--adapt")
         return arguments
 
     def check(self, affine: np.ndarray, shape: tuple[int, int, int]) -> int:

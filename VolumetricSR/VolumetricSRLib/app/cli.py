@@ -52,6 +52,7 @@ from .run import (
 BAD_INPUT = 2
 FAILURE = 1
 INTERRUPTED = 130
+DEFAULT_ADAPT_STEPS = 100
 
 # The first component of a state_dict key names the part of the network it belongs to.
 _PARTS = {
@@ -120,6 +121,17 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="correct the prediction so that each full slab of thin slices re-thickens to its measured thick "
         "slice (the labels say so)",
+    )
+    predict.add_argument(
+        "--adapt",
+        type=int,
+        nargs="?",
+        const=DEFAULT_ADAPT_STEPS,
+        default=0,
+        metavar="STEPS",
+        help=f"before predicting, fine-tune a copy of the model on pairs made from the scan's own in-plane "
+        f"axes for STEPS steps (default {DEFAULT_ADAPT_STEPS}); kept only if it lowers the error on held-out "
+        "pairs of the scan (the labels say so). Off by default: see the README for when it helps",
     )
     predict.add_argument(
         "--tile", type=int, help="in-plane tile size in pixels, to save memory (default: whole slices)"
@@ -291,6 +303,7 @@ def predict_request(args: argparse.Namespace) -> PredictRequest:
         predict=predict,
         spacing_mm=args.spacing,
         enforce_consistency=args.enforce_consistency,
+        adapt_steps=args.adapt,
         out_format=args.format,
         overwrite=args.overwrite,
         compress=args.compress,
@@ -370,6 +383,7 @@ def _report(result: StudyResult, as_json: bool) -> None:
                 resampling=study.resampling,
                 consistency=check.summary() if check is not None else None,
                 consistency_line=check.line() if check is not None else None,
+                adaptation=study.adaptation.line() if study.adaptation is not None else None,
             )
         )
         return
@@ -379,6 +393,8 @@ def _report(result: StudyResult, as_json: bool) -> None:
     axis = f" along array axis {study.slice_axis}" if study.slice_axis else ""
     print(f"super-resolved {thick_slices} -> {thin_slices} slices{axis} in {seconds:.1f} s on {ran_on}")
     print(f"model: {engine.card.id} (x{engine.card.ratio}, {_made_for(engine.card)})")
+    if study.adaptation is not None:
+        print(study.adaptation.line())
     if study.resampling is not None:
         print(f"slices resampled: {study.resampling}")
     if check is not None:

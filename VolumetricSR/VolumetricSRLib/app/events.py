@@ -56,6 +56,7 @@ class Done:
     resampling: str | None
     consistency: dict | None
     consistency_line: str | None
+    adaptation: str | None = None  # the adaptation to the scan's line, when there was one
 
 
 @dataclass(frozen=True)

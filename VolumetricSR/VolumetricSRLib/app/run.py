@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from ..geometry import GeometryError, slice_spacing
+from ..inference.adapt import AdaptOptions
 from ..inference.device import DeviceError, resolve_device, use_physical_cores
 from ..inference.predictor import InputError, PredictionCancelled, PredictOptions
 from ..inference.study import StudyOptions, ThinStudy, super_resolve_study
@@ -61,6 +62,7 @@ class PredictRequest:
     predict: PredictOptions = field(default_factory=PredictOptions)
     spacing_mm: float | None = None
     enforce_consistency: bool = False
+    adapt_steps: int = 0
     out_format: str = "auto"
     overwrite: bool = False
     compress: bool = True
@@ -114,7 +116,8 @@ class Engines:
         self.request = request
         device = resolve_device(device_of_rank(request.predict.device, ranks))
         predict = replace(request.predict, device=str(device))
-        self.options = StudyOptions(predict, request.spacing_mm, request.enforce_consistency)
+        adapt = AdaptOptions(steps=request.adapt_steps)
+        self.options = StudyOptions(predict, request.spacing_mm, request.enforce_consistency, adapt)
         self.loaded: dict[str, Engine] = {}
         # a bad model, or no model at all, fails the run before its first study
         if request.model is not None:
@@ -273,6 +276,8 @@ def write_thin(
     }
     if study.resampling is not None:
         synthetic["slice_resampling"] = study.resampling
+    if study.adaptation is not None:
+        synthetic["adaptation"] = study.adaptation.line()
     if volume.dicom is not None:
         synthetic["source_series_uid"] = volume.dicom.series_uid
     elif output_format(target, request.out_format) == "dicom":

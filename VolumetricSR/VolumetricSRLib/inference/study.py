@@ -1,6 +1,7 @@
 """One study, thick volume in, thin volume out: the steps `volumetricsr predict` runs on each input.
 
 1. The slice axis is found from the affine (geometry.thick_axis) and moved to array axis 0.
+   If asked, a copy of the network is first adapted to the scan (adapt.adapt_to_scan).
 2. The network predicts the thin grid (input spacing / r, with GPU out-of-memory fallbacks).
 3. The prediction is checked against the measured slices (consistency.check_consistency, the card's
    slab profile and window) and, if asked, corrected to agree with them (enforce_consistency). With
@@ -24,6 +25,7 @@ from torch import nn
 from ..geometry import slice_axis_first, spaced_grid, thick_axis, voxel_spacing
 from ..intensity import to_int16_hu
 from ..models.model_cards import ModelCard
+from .adapt import Adaptation, AdaptOptions, adapt_to_scan
 from .consistency import Consistency, check_consistency, enforce_consistency, slab_of
 from .fallback import super_resolve_with_fallback
 from .output_plan import MIN_CHECKED_SLICES, plan_output
@@ -33,12 +35,14 @@ from .slice_resampling import resample_slices, resampling_positions
 
 @dataclass(frozen=True)
 class StudyOptions:
-    """How one study is made: predictor options, output spacing (None: the card's thin spacing) and
-    whether the prediction is corrected to agree with the measured slices."""
+    """How one study is made: predictor options, output spacing (None: the card's thin spacing),
+    whether the prediction is corrected to agree with the measured slices, and the adaptation to the
+    scan before it (none by default)."""
 
     predict: PredictOptions = field(default_factory=PredictOptions)
     spacing_mm: float | None = None
     enforce_consistency: bool = False
+    adapt: AdaptOptions = field(default_factory=AdaptOptions)
 
 
 @dataclass
@@ -52,6 +56,7 @@ class ThinStudy:
     fallbacks: tuple[str, ...]
     slice_axis: int
     resampling: str | None  # e.g. "cubic B-spline from 0.6 mm to 1 mm", None on the model's own grid
+    adaptation: Adaptation | None = None
 
 
 def super_resolve_study(
@@ -70,6 +75,10 @@ def super_resolve_study(
     input_mm = float(voxel_spacing(thick_affine)[2])
     target = plan_output(thick_hu.shape[0], input_mm, card, options.spacing_mm, options.enforce_consistency)
     native_mm = input_mm / card.ratio
+    adaptation = None
+    if options.adapt.steps:
+        device = options.predict.device
+        model, adaptation = adapt_to_scan(model, card, thick_hu, options.adapt, device, progress)
     thin, thin_affine, used, fallbacks = super_resolve_with_fallback(
         model,
         thick_hu,
@@ -93,7 +102,9 @@ def super_resolve_study(
         if consistency is not None:
             consistency = consistency.on_model_grid(native_mm)
     out, out_affine = slice_axis_first(thin_hu, thin_affine, axis)
-    return ThinStudy(np.ascontiguousarray(out), out_affine, consistency, used, fallbacks, axis, resampling)
+    return ThinStudy(
+        np.ascontiguousarray(out), out_affine, consistency, used, fallbacks, axis, resampling, adaptation
+    )
 
 
 def _checked(

@@ -667,6 +667,8 @@ def _derivation(synthetic: Mapping[str, str], source: DicomSource | None) -> str
     by = f"VolumetricSR ({architecture})" if architecture else "VolumetricSR"
     resampled = synthetic.get("slice_resampling")
     then = f"; then slices resampled: {resampled}" if resampled else ""
+    if synthetic.get("adaptation"):
+        then = f"; {synthetic['adaptation']}{then}"
     return (
         f"SYNTHETIC: thin slices super-resolved by {by} model {synthetic.get('model', '?')}, "
         f"weights sha256 {synthetic.get('model_sha256', '?')}, from {origin}{then}; not acquired by a scanner"
