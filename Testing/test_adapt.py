@@ -1,6 +1,6 @@
 """Adapting a model to one scan (`predict --adapt`): pairs made exactly from the scan's in-plane axes,
 held-out pairs never trained on, the model itself never changed, the adapted copy kept only when it
-lowers the held-out error, and the output's labels saying what happened."""
+raises the held-out PSNR, and the output's labels saying what happened."""
 
 from __future__ import annotations
 
@@ -77,7 +77,7 @@ def test_a_scan_too_small_for_pairs_is_refused_by_name(card):
         adapt_to_scan(network, model_card, np.zeros((6, 40, 40), np.int16), AdaptOptions(steps=1))
 
 
-def test_adaptation_works_on_a_copy_and_is_kept_only_when_it_lowers_the_held_out_error(card):
+def test_adaptation_works_on_a_copy_and_is_kept_only_when_it_raises_the_held_out_psnr(card):
     network, model_card = load_model(card)
     before = {name: value.clone() for name, value in network.state_dict().items()}
     hu, _ = scan()
@@ -85,11 +85,19 @@ def test_adaptation_works_on_a_copy_and_is_kept_only_when_it_lowers_the_held_out
     for name, value in network.state_dict().items():
         assert torch.equal(value, before[name]), f"{name} of the model changed"
     assert result.steps == 3 and result.seconds > 0
-    assert result.used == (result.error_after_hu < result.error_before_hu)
+    assert result.used == (result.psnr_after > result.psnr_before)
     assert (adapted is not network) == result.used
     again = adapt_to_scan(network, model_card, hu, AdaptOptions(steps=3, crop=32))[1]
-    assert (again.error_before_hu, again.error_after_hu) == (result.error_before_hu, result.error_after_hu)
-    assert "adapted to this scan: 3 steps in" in result.line() and "HU mean error" in result.line()
+    assert (again.psnr_before, again.psnr_after) == (result.psnr_before, result.psnr_after)
+    assert "adapted to this scan: 3 steps in" in result.line() and " dB PSNR (" in result.line()
+
+
+def test_an_adaptation_that_lowers_the_held_out_psnr_is_not_used(card):
+    network, model_card = load_model(card)
+    hu, _ = scan()
+    kept, result = adapt_to_scan(network, model_card, hu, AdaptOptions(steps=2, crop=32, lr=10.0))  # diverges
+    assert not result.used and result.psnr_after < result.psnr_before and kept is network
+    assert "not used: it did not raise the PSNR, the model ran as it was" in result.line()
 
 
 def test_predict_adapt_labels_the_output_and_reports_it(card, tmp_path, capsys):

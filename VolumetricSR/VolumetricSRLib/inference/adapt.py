@@ -5,7 +5,7 @@ A thick scan's in-plane pixels (0.5-1 mm) are finer than its slices: an in-plane
 box of `ratio` pixels gives thick/thin pairs with the scan's own noise, kernel and anatomy (the idea of
 SMORE and SR4ZCT, and of DA-VSR's test-time adaptation). In such a pair the network's in-plane plane
 holds the scan's slice axis, so the pairs teach texture, not the in-plane prior: the adaptation is
-short, starts from the model, and is kept only when it lowers the error on pairs it did not train on
+short, starts from the model, and is kept only when it raises the PSNR on pairs it did not train on
 (the last fifth of each in-plane axis); otherwise the model is used as it was, and the result says so.
 The model itself is never changed: the adaptation works on a copy, in memory.
 """
@@ -45,21 +45,23 @@ class AdaptOptions:
 
 @dataclass(frozen=True)
 class Adaptation:
-    """What an adaptation did: steps, seconds, the mean absolute error (HU) on held-out pairs of the
-    scan before and after, and whether the adapted network was used (only when it lowered that error)."""
+    """What an adaptation did: steps, seconds, the PSNR (dB, on the card's window, as model cards
+    report) on held-out pairs of the scan before and after, and whether the adapted network was used
+    (only when it raised that PSNR)."""
 
     steps: int
     seconds: float
-    error_before_hu: float
-    error_after_hu: float
+    psnr_before: float
+    psnr_after: float
     used: bool
 
     def line(self) -> str:
         """One line for people and for the output's labels."""
-        verdict = "used" if self.used else "not used: it did not lower the error, the model ran as it was"
+        verdict = "used" if self.used else "not used: it did not raise the PSNR, the model ran as it was"
+        gain = self.psnr_after - self.psnr_before
         return (
             f"adapted to this scan: {self.steps} steps in {self.seconds:.0f} s; held-out in-plane pairs "
-            f"{self.error_before_hu:.2f} -> {self.error_after_hu:.2f} HU mean error ({verdict})"
+            f"{self.psnr_before:.3f} -> {self.psnr_after:.3f} dB PSNR ({gain:+.3f} dB, {verdict})"
         )
 
 
@@ -136,14 +138,13 @@ def adapt_to_scan(
     progress: Callable[[float, str], None] | None = None,
 ) -> tuple[nn.Module, Adaptation]:
     """A copy of `model` fine-tuned on pairs from the scan (K, J, I) (slice axis first), and what it did;
-    the model itself when the copy does not lower the error on held-out pairs."""
+    the model itself when the copy does not raise the PSNR on held-out pairs."""
     start = time.perf_counter()
     device = str(resolve_device(device))
-    scale = card.window[1] - card.window[0]
     pairs = ScanPairs(hu_to_unit(thick_hu, card.window), card.config.depth, card.ratio, options.crop)
     held_out = pairs.batch(np.random.default_rng([options.seed, 1]), options.held_out_pairs, held_out=True)
     adapted = copy.deepcopy(model).to(device)
-    before = held_out_error(adapted, held_out, device) * scale
+    before = held_out_psnr(adapted, held_out, device)
     optimizer = torch.optim.Adam(adapted.parameters(), lr=options.lr)
     rng = np.random.default_rng([options.seed, 0])
     adapted.train()
@@ -157,19 +158,19 @@ def adapt_to_scan(
         if progress is not None:
             progress((step + 1) / options.steps, f"adapting to this scan: step {step + 1}/{options.steps}")
     adapted.eval()
-    after = held_out_error(adapted, held_out, device) * scale
-    used = after < before
+    after = held_out_psnr(adapted, held_out, device)
+    used = after > before
     result = Adaptation(options.steps, time.perf_counter() - start, before, after, used)
     return (adapted if used else model), result
 
 
 @torch.inference_mode()
-def held_out_error(model: nn.Module, pairs: tuple[torch.Tensor, torch.Tensor], device: str) -> float:
-    """Mean absolute error of the network on pairs, on its [0, 1] scale (output clamped as predicted)."""
+def held_out_psnr(model: nn.Module, pairs: tuple[torch.Tensor, torch.Tensor], device: str) -> float:
+    """PSNR (dB) of the network over all pairs on its [0, 1] scale (the output clamped as predicted)."""
     model.eval()
     thick, thin = (t.to(device) for t in pairs)
-    errors = [
-        F.l1_loss(model(thick[i : i + 1]).clamp(0.0, 1.0), thin[i : i + 1]).item()
+    squared = [
+        F.mse_loss(model(thick[i : i + 1]).clamp(0.0, 1.0), thin[i : i + 1], reduction="sum").item()
         for i in range(thick.shape[0])
     ]
-    return float(math.fsum(errors) / len(errors))
+    return -10.0 * math.log10(max(math.fsum(squared) / thin.numel(), 1e-12))
