@@ -15,6 +15,7 @@ import torch
 
 from conftest import tiny_tvsrn
 from VolumetricSRLib.app.cli import main
+from VolumetricSRLib.checks import InputError
 from VolumetricSRLib.inference.adapt import AdaptOptions, ScanPairs, adapt_to_scan, box_weights
 from VolumetricSRLib.io.volume_io import write_volume
 from VolumetricSRLib.models.weights import load_model, save_model
@@ -71,10 +72,16 @@ def _find(view: np.ndarray, thin: np.ndarray) -> tuple[int, int, int, bool] | No
     return None
 
 
-def test_a_scan_too_small_for_pairs_is_refused_by_name(card):
+def test_a_scan_too_small_for_pairs_is_refused_by_name(card, tmp_path, capsys):
     network, model_card = load_model(card)
-    with pytest.raises(ValueError, match=r"in-plane size 40 x 40 is too small .* at least 100 pixels"):
+    with pytest.raises(InputError, match=r"in-plane size 40 x 40 is too small .* at least 100 pixels"):
         adapt_to_scan(network, model_card, np.zeros((6, 40, 40), np.int16), AdaptOptions(steps=1))
+    hu, affine = chest_phantom((8, 40, 40), slice_mm=5.0, pixel_mm=0.8)
+    source = write_volume(tmp_path / "small.nii.gz", hu, affine)
+    argv = ["predict", str(source), str(tmp_path / "thin.nii.gz"), "--model", str(card), "--device", "cpu"]
+    assert main([*argv, "--adapt", "--progress", "none"]) == 2  # bad input, nothing written
+    assert "adaptation needs at least 100 pixels; leave out --adapt" in capsys.readouterr().err
+    assert not (tmp_path / "thin.nii.gz").exists()
 
 
 def test_adaptation_works_on_a_copy_and_is_kept_only_when_it_raises_the_held_out_psnr(card):

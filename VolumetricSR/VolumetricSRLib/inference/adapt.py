@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..checks import InputError
 from ..intensity import hu_to_unit
 from ..models.model_cards import ModelCard
 from .device import resolve_device
@@ -77,9 +78,10 @@ class ScanPairs:
         views = (unit.transpose(1, 0, 2), unit.transpose(2, 0, 1))
         self.views = [np.ascontiguousarray(v) for v in views if self.span(v) >= self.thin + 2 * self.margin]
         if not self.views:
-            raise ValueError(
+            least = 5 * (self.thin + 2 * self.margin)
+            raise InputError(
                 f"the scan's in-plane size {unit.shape[1]} x {unit.shape[2]} is too small for pairs of "
-                f"{self.thin} thin rows: adaptation needs at least {5 * (self.thin + 2 * self.margin)} pixels"
+                f"{self.thin} thin rows: adaptation needs at least {least} pixels; leave out --adapt"
             )
         self.crop = crop
         self.body = float(hu_to_unit(np.array([BODY_HU]))[0])
