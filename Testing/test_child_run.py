@@ -47,7 +47,7 @@ def test_predict_reports_json_progress_and_a_done_event(tmp_path: Path) -> None:
     done = events[-1]
     assert isinstance(done, Done) and done.output == str(output)
     assert done.shape == [72, 64, 36] and done.ratio == 5 and done.fallbacks == []
-    assert done.model == "tvsrn-x5-publicct" and len(done.model_sha256) == 64
+    assert done.model == "tvsrn-x5-publicct-v2" and len(done.model_sha256) == 64
     assert done.device.startswith("cpu") and done.seconds > 0 and done.peak_rss_bytes > 0
     assert read_volume(output).array.shape == (36, 64, 72)
     header = output.read_bytes()[:2000]

@@ -383,7 +383,7 @@ def test_a_run_in_the_child_equals_the_command_line_on_the_same_ct(scene, tmp_pa
         ijk_to_ras(result.output), spaced_grid(volume.affine, len(volume.array), 1.0).affine
     )
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(node), volume.array)  # the input is untouched
-    assert provenance(result.output)["ModelId"] == "tvsrn-x5-publicct"
+    assert provenance(result.output)["ModelId"] == "tvsrn-x5-publicct-v2"
 
 
 def test_the_temporary_folder_goes_on_success_and_on_error(scene, linear):
