@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..checks import InputError
-from ..intensity import hu_to_unit
+from ..intensity import HU_MAX, HU_MIN, hu_to_unit
 from ..models.model_cards import ModelCard
 from .device import resolve_device
 
@@ -69,7 +69,14 @@ class Adaptation:
 class ScanPairs:
     """Thick/thin pairs along the in-plane axes of one thick scan (K, J, I) on the network's scale."""
 
-    def __init__(self, unit: np.ndarray, depth: int, ratio: int, crop: int) -> None:
+    def __init__(
+        self,
+        unit: np.ndarray,
+        depth: int,
+        ratio: int,
+        crop: int,
+        window: tuple[float, float] = (HU_MIN, HU_MAX),
+    ) -> None:
         self.depth, self.ratio = depth, ratio
         self.thin = (depth - 1) * ratio + 1
         self.weights = box_weights(ratio)
@@ -84,7 +91,7 @@ class ScanPairs:
                 f"{self.thin} thin rows: adaptation needs at least {least} pixels; leave out --adapt"
             )
         self.crop = crop
-        self.body = float(hu_to_unit(np.array([BODY_HU]))[0])
+        self.body = float(hu_to_unit(np.array([BODY_HU]), window)[0])  # on the scale `unit` is on
 
     def span(self, view: np.ndarray) -> int:
         """Rows of a view's depth axis kept for held-out pairs (its last fifth)."""
@@ -143,7 +150,8 @@ def adapt_to_scan(
     the model itself when the copy does not raise the PSNR on held-out pairs."""
     start = time.perf_counter()
     device = str(resolve_device(device))
-    pairs = ScanPairs(hu_to_unit(thick_hu, card.window), card.config.depth, card.ratio, options.crop)
+    window = card.window
+    pairs = ScanPairs(hu_to_unit(thick_hu, window), card.config.depth, card.ratio, options.crop, window)
     held_out = pairs.batch(np.random.default_rng([options.seed, 1]), options.held_out_pairs, held_out=True)
     adapted = copy.deepcopy(model).to(device)
     before = held_out_psnr(adapted, held_out, device)
