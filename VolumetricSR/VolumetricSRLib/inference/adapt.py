@@ -26,6 +26,7 @@ from torch import nn
 from ..checks import InputError
 from ..intensity import HU_MAX, HU_MIN, hu_to_unit
 from ..models.model_cards import ModelCard
+from .consistency import slab_profile
 from .device import resolve_device
 
 BODY_HU = -500.0  # voxels above this count as body, not air
@@ -132,7 +133,7 @@ def box_weights(ratio: int) -> np.ndarray:
     """Taps of a box slab `ratio` thin slices wide centred on a thin slice (half taps at the ends when
     `ratio` is even)."""
     if ratio % 2:
-        return np.full(ratio, 1.0 / ratio)
+        return slab_profile(ratio, "box")
     taps = np.ones(ratio + 1)
     taps[[0, -1]] = 0.5
     return taps / ratio
