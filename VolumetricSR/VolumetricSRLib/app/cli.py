@@ -63,6 +63,7 @@ _PARTS = {
     "vit": "encoder",
     "vit_norm": "encoder",
     "head": "head",
+    "depth_mix": "head",
 }
 PART_COLUMNS = ("embedding", "encoder", "TAB", "decoder", "head")
 

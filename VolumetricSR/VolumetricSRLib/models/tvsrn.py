@@ -365,7 +365,7 @@ class TVSRN(ThinSliceNetwork):
         c, d = cfg.channels, cfg.depth
         if cfg.variant == "vit":
             p = cfg.vit_patch
-            self.patch_embed = nn.Linear(d * p * p, cfg.vit_dim)
+            self.patch_embed = nn.Linear(p * p, cfg.vit_dim)
             self.vit = nn.ModuleList(
                 nn.TransformerEncoderLayer(
                     cfg.vit_dim,
@@ -379,7 +379,8 @@ class TVSRN(ThinSliceNetwork):
                 for _ in range(cfg.vit_layers)
             )
             self.vit_norm = nn.LayerNorm(cfg.vit_dim)
-            self.head = nn.Linear(cfg.vit_dim, cfg.thin_depth * p * p)
+            self.head = nn.Linear(cfg.vit_dim, self.vit_subslices * p * p)
+            self.depth_mix = nn.Linear(d * self.vit_subslices, cfg.thin_depth)
         else:
             self.embed = nn.Linear(1, c)
             self.encoder = SwinStack(
@@ -392,7 +393,13 @@ class TVSRN(ThinSliceNetwork):
                 nn.init.trunc_normal_(self.mask_token, std=0.02)
                 self.fims = nn.ModuleList(FeatureInteraction(cfg) for _ in range(cfg.fim_count))
                 self.head = nn.Linear(c, 1)
-        self.start_at_interpolation(self.head)
+        self.start_at_interpolation(self.depth_mix if cfg.variant == "vit" else self.head)
+
+    @property
+    def vit_subslices(self) -> int:
+        """Sub-slices each thick slice's ViT token decodes into (depth-wise sub-pixel): enough that the
+        depth x sub-slices maps per pixel can span every thin slice."""
+        return math.ceil(self.cfg.thin_depth / self.cfg.depth)
 
     @property
     def spatial_multiple(self) -> int:
@@ -424,16 +431,22 @@ class TVSRN(ThinSliceNetwork):
         return self.head(thin).squeeze(-1).permute(0, 3, 1, 2)
 
     def _forward_vit(self, x: torch.Tensor) -> torch.Tensor:
+        """The paper's ViT ablation: one 512-d token per 1 x p x p patch of every thick slice, global
+        attention over all slices' tokens, each token decoded into sub-slices of p x p pixels that a
+        per-pixel linear layer mixes into the thin slices."""
         cfg = self.cfg
         b, d, h, w = x.shape
-        p = cfg.vit_patch
+        p, k = cfg.vit_patch, self.vit_subslices
         gh, gw = h // p, w // p
-        patches = x.view(b, d, gh, p, gw, p).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, d * p * p)
-        tokens = self.patch_embed(patches) + _plane_position_code(gh, gw, cfg.vit_dim).to(x.device, x.dtype)
+        patches = x.reshape(b, d, gh, p, gw, p).permute(0, 1, 2, 4, 3, 5).reshape(b, d * gh * gw, p * p)
+        plane, slices = _plane_position_code(gh, gw, cfg.vit_dim), depth_position_code(d, cfg.vit_dim)
+        position = plane[None] + slices[:, None]
+        tokens = self.patch_embed(patches) + position.reshape(d * gh * gw, cfg.vit_dim).to(x.device, x.dtype)
         for layer in self.vit:
             tokens = layer(tokens)
-        out = self.head(self.vit_norm(tokens)).view(b, gh, gw, cfg.thin_depth, p, p)
-        return out.permute(0, 3, 1, 4, 2, 5).reshape(b, cfg.thin_depth, h, w)
+        maps = self.head(self.vit_norm(tokens)).view(b, d, gh, gw, k, p, p)
+        maps = maps.permute(0, 2, 5, 3, 6, 1, 4).reshape(b, h, w, d * k)
+        return self.depth_mix(maps).permute(0, 3, 1, 2)
 
 
 def _plane_position_code(gh: int, gw: int, dim: int) -> torch.Tensor:
