@@ -224,6 +224,8 @@ def test_the_command_on_pseudo_pairs_writes_the_table_csv_and_plot(tmp_path, cap
         np.mean([float(r["psnr"]) for r in chest if r["category"] == c]) for c in ("Match", "Near", "Far")
     )
     assert match > near > far  # a real-looking volume: the farther the thin slice, the lower the PSNR
+    summary = (out / "summary.md").read_text()
+    assert "Match > Near > Far here follows from the simulation" in summary  # no claim a box slab makes true
 
 
 def write_pair(root: Path, case: str, thick: np.ndarray, thick_affine: np.ndarray) -> None:
@@ -244,6 +246,7 @@ def test_the_command_on_real_pairs_and_a_misaligned_one(tmp_path, capsys):
     hand = hand_figures()
     for category, (psnrs, _) in hand.items():
         assert [float(r["psnr"]) for r in rows if r["category"] == category] == pytest.approx(psnrs, abs=1e-5)
+    assert "follows from the simulation" not in (out / "summary.md").read_text()  # real pairs: a finding
     capsys.readouterr()
 
     between = case.thick_affine.copy()

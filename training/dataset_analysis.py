@@ -323,6 +323,13 @@ def markdown_report(summary: list[dict], cases: list[CaseInfo], command: str, da
             f"Thin spacings other than RPLHR-CT's 1 mm ({', '.join(other)} mm): there Near and Far lie one "
             "and two of those spacings away, so their figures do not compare with the paper's 1 mm and 2 mm.",
         ]
+    if any(c.source.startswith("pseudo pair") for c in cases):
+        lines += [
+            "",
+            "Pseudo pairs: a thick slice simulated as the mean of the thin slices centred on its Match slice "
+            "is built to resemble Match most and Far least, so Match > Near > Far here follows from the "
+            "simulation; only real thick / thin pairs (`--rplhr`) test the paper's finding.",
+        ]
     return "\n".join(lines) + "\n"
 
 

@@ -1,5 +1,5 @@
-"""`volumetricsr-train report`: many methods scored on one dataset, the way the paper's Table 2 and
-Fig. 3b compare them.
+"""`volumetricsr-train report`: many methods scored on one dataset, the way the paper's Table 1,
+Fig. 3a and Fig. 3b compare them.
 
 A method is an interpolation (nearest, linear, cubic, lanczos), a training config (trained first,
 resuming its run, unless `train=False`; its `best.pt`, else `last.pt`, is scored), a checkpoint or a
