@@ -4,6 +4,7 @@ p-values, the trade-off plot, provenance, and a rerun that redoes nothing."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import signal
 import subprocess
@@ -160,11 +161,19 @@ def test_report_trains_scores_writes_and_resumes_without_redoing(tmp_path, volum
     assert provenance["device"].startswith(f"cpu ({torch.get_num_threads()} threads); CPU ")
     assert provenance["device"].endswith(f"; torch {torch.__version__}")
 
+    assert "every method timed in this run after one untimed warm-up; other processes used" in report
+    share = provenance["other_cpu_share"]
+    assert 0 <= share <= 1 and provenance["quiet"] is (share <= 0.05)
+
+    def without_times(text: str) -> list[dict]:
+        return [{**row, "seconds_per_volume": None} for row in csv.DictReader(io.StringIO(text))]
+
     before = (out / "methods.csv").read_text()
-    assert main(argv) == 0  # a rerun trains nothing and scores nothing again
+    assert main(argv) == 0  # a rerun trains nothing and scores nothing again, and times every method again
     second = capsys.readouterr().out
     assert "training" not in second and second.count("scores kept") == 4
-    assert (out / "methods.csv").read_text() == before
+    assert second.count(" s per volume") == 4
+    assert without_times((out / "methods.csv").read_text()) == without_times(before)
 
 
 def test_unfinished_runs_are_left_out_with_no_train(tmp_path, volumes, capsys):

@@ -3,9 +3,11 @@ Fig. 3a and Fig. 3b compare them.
 
 A method is an interpolation (nearest, linear, cubic, lanczos), a training config (trained first,
 resuming its run, unless `train=False`; its `best.pt`, else `last.pt`, is scored), a checkpoint or a
-model file. Every method is scored on the same cases with the protocol of `evaluate`, timed per
-volume on the device used, and kept in `scores/<method>.json` under an identity (weights digest,
-data digest, device): a rerun skips what is already scored and trains only what is unfinished.
+model file. Every method is scored on the same cases with the protocol of `evaluate` and kept in
+`scores/<method>.json` under an identity (weights digest, data digest, device): a rerun skips what is
+already scored and trains only what is unfinished. Every method is then timed again in this run, with
+the share of the CPUs other processes used meanwhile (timing.py), so that Fig. 3b's times are one
+run's and the report says whether the machine was quiet.
 The report: `report.md` (table, provenance, scale), `methods.csv`, `cases.csv`, `tradeoff.png`
 (PSNR against seconds per volume, marker area proportional to parameters) and `report.json`.
 """
@@ -41,11 +43,13 @@ from .evaluate import (
     METHOD_LABELS,
     PROTOCOL,
     EvalCase,
+    LoadedModel,
     interpolate_hu,
     load_for_evaluation,
     one_sided_wilcoxon,
 )
 from .methods import CONFIGS, METHODS
+from .timing import QUIET_SHARE, describe_share, other_cpu_share, sample
 
 DEFAULT_METHODS = (*INTERPOLATIONS, *(str(CONFIGS / name) for name in METHODS))
 BOOTSTRAP_SAMPLES = 2000
@@ -193,12 +197,7 @@ def score_method(
     rows = []
     for case in cases:
         start = time.perf_counter()
-        if model is None:
-            thin = interpolate_hu(case.thick, case.ratio, spec.source, (HU_MIN, HU_MAX))
-        else:
-            thin, _ = super_resolve_hu(
-                model.network, case.thick, case.thick_affine, options, window=model.window
-            )
+        thin = predict_case(spec, model, case, options)
         seconds = time.perf_counter() - start
         scores = {**score_volume(thin, case.truth), **detailed_scores(thin, case.truth, case.ratio)}
         rows.append({"method": spec.name, "case": case.name, **scores, "seconds": seconds})
@@ -207,6 +206,40 @@ def score_method(
     stored.parent.mkdir(exist_ok=True)
     write_text_atomically(stored, json.dumps(record, indent=2) + "\n")
     return Scored(spec, label, parameters, rows, identity)
+
+
+def predict_case(
+    spec: MethodSpec, model: LoadedModel | None, case: EvalCase, options: PredictOptions
+) -> np.ndarray:
+    """The thin volume (HU) a method predicts for one case: its interpolation, or its network's."""
+    if model is None:
+        return interpolate_hu(case.thick, case.ratio, spec.source, (HU_MIN, HU_MAX))
+    thin, _ = super_resolve_hu(model.network, case.thick, case.thick_affine, options, window=model.window)
+    return thin
+
+
+def time_methods(
+    results: list[Scored], cases: list[EvalCase], options: PredictOptions, log: Callable[[str], None] = print
+) -> tuple[list[Scored], float | None]:
+    """Every method timed again in this run, one after another (stored scores keep the times of the run
+    that scored them, which may have been busy): one untimed warm-up on the first case, then each case.
+    Returns the results with these seconds, and the share of the CPUs other processes used meanwhile."""
+    timed = []
+    start = sample()
+    for result in results:
+        spec = result.spec
+        scored = result.identity["scored"]
+        model = None if spec.kind == "interpolation" else load_for_evaluation(scored, options.device)
+        predict_case(spec, model, cases[0], options)
+        seconds = {}
+        for case in cases:
+            begin = time.perf_counter()
+            predict_case(spec, model, case, options)
+            seconds[case.name] = time.perf_counter() - begin
+        log(f"{spec.name}: {np.mean(list(seconds.values())):.2f} s per volume")
+        rows = [{**row, "seconds": seconds[row["case"]]} for row in result.rows]
+        timed.append(replace(result, rows=rows))
+    return timed, other_cpu_share(start, sample())
 
 
 def _stored_scores(path: Path) -> dict | None:
@@ -347,8 +380,9 @@ def markdown_report(rows: list[dict], provenance: dict) -> str:
             else "no difference can be significant at p < 0.001, whatever the scores (at least 10 cases "
             "are needed); read the p-values as a statement of how few cases there are."
         ),
-        f"- **Timing**: seconds per volume on {provenance['device']} (mean over the cases, prediction only; "
-        "other work on the machine makes it noisy).",
+        f"- **Timing**: seconds per volume on {provenance['device']} (mean over the cases, prediction only), "
+        "every method timed in this run after one untimed warm-up; "
+        f"{describe_share(provenance['other_cpu_share'])}.",
         f"- **Training budget**: {provenance['budget']}.",
         *(
             [f"- **Not scored** (training unfinished): {', '.join(provenance['left_out'])}."]
@@ -397,9 +431,10 @@ def place_labels(
     return [boxes[index] for index in range(len(markers))]
 
 
-def tradeoff_png(rows: list[dict]) -> bytes:
+def tradeoff_png(rows: list[dict], quiet: bool) -> bytes:
     """Fig. 3b: PSNR against seconds per volume (log scale), marker area proportional to parameters;
-    each method's name beside its marker (see _label_markers)."""
+    each method's name beside its marker (see _label_markers); the title says when the times were not
+    taken on a quiet machine."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -424,7 +459,8 @@ def tradeoff_png(rows: list[dict]) -> bytes:
     axes.set_xscale("log")
     axes.set_xlabel("seconds per volume (log scale)")
     axes.set_ylabel("PSNR (dB)")
-    axes.set_title("PSNR against inference time; marker area: parameters")
+    title = "PSNR against inference time; marker area: parameters"
+    axes.set_title(title if quiet else f"{title}\n(times NOT from a quiet machine)")
     axes.grid(True, alpha=0.3)
     figure.tight_layout()
     _label_markers(figure, axes, [row["method"] for row in rows], points, areas)
@@ -527,7 +563,7 @@ def write_report(results: list[Scored], provenance: dict, out_dir: Path) -> list
         write_text_atomically(out_dir / "report.md", markdown_report(rows, provenance)),
         write_text_atomically(out_dir / "methods.csv", methods_csv.getvalue()),
         write_text_atomically(out_dir / "cases.csv", cases_csv.getvalue()),
-        write_bytes_atomically(out_dir / "tradeoff.png", tradeoff_png(rows)),
+        write_bytes_atomically(out_dir / "tradeoff.png", tradeoff_png(rows, provenance["quiet"])),
         write_text_atomically(
             out_dir / "report.json", json.dumps({"provenance": provenance, "methods": rows}, indent=2) + "\n"
         ),
@@ -554,11 +590,14 @@ def run_report(
     results = [r for spec in specs if (r := score_method(spec, cases, options, out, train, log)) is not None]
     if not results:
         raise ValueError("no method could be scored (every config is unfinished and --no-train was given)")
+    results, other_share = time_methods(results, cases, options, log)
     provenance = {
         "data": data,
         "cases": len(cases),
         "case_names": [case.name for case in cases],
         "device": hardware_text(options.device),
+        "other_cpu_share": other_share,
+        "quiet": other_share is not None and other_share <= QUIET_SHARE,
         "budget": budget_text([r.spec for r in results]),
         "command": command,
         "commit": git_commit(),
