@@ -8,7 +8,8 @@ B-spline to MM); the baseline is the same cubic B-spline straight from the thick
 the paper protocol (metrics.score_volume, the card's window, 5 slices trimmed at each end).
 
 Cases: LIDC-IDRI 1 mm (a TRAINING volume of the bundled model: optimistic) at 2.5, 3 and 5 mm; the
-held-out pulmonary crop (1.5 mm) at 3 mm (2 x 1.5) and 7.5 mm (5 x 1.5, the model's own ratio); the
+held-out pulmonary crop (1.5 mm) at 2.5 mm (its slabs partial-weight the 1.5 mm slices; out on 1.5 mm,
+every third slice of the model's 0.5 mm grid), 3 mm (2 x 1.5) and 7.5 mm (5 x 1.5, the model's own ratio); the
 validation volume (3 mm) at 9 and 15 mm (x3 and x5 of its slices: where models are compared and chosen).
 
     .venv/bin/python Testing/benchmark_spacing.py [--model ID] [--crop 160] [--only TEXT] [--json FILE]
@@ -38,6 +39,12 @@ from VolumetricSRLib.models.weights import default_model_path, load_model  # noq
 
 CT = REPO.parent / "shared" / "data" / "ct"
 CASES = (  # name, file, thick spacing, output spacing
+    (  # 2.5 mm slices on a 1.5 mm truth: the model's own 0.5 mm grid lands on every truth slice (every 3rd)
+        "pulmonary (held out) 2.5 mm -> 1.5 mm",
+        "TotalSegmentator/pulmonary_report__models__ct_cropped.nii.gz",
+        2.5,
+        1.5,
+    ),
     (
         "pulmonary (held out) 3 mm -> 1.5 mm",
         "TotalSegmentator/pulmonary_report__models__ct_cropped.nii.gz",
