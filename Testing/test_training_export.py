@@ -169,3 +169,21 @@ def test_a_continued_run_is_exported_with_every_phase(run, tmp_path):
     assert phases[1]["schedule"]["lr"] == 1e-4 and phases[1]["hardware"] == ["cpu (1 threads)"]
     assert card.training["minutes"] == pytest.approx(phases[0]["minutes"] + phases[1]["minutes"], abs=0.11)
     assert "5 steps" in card.description and "in 2 phases" in card.description
+    assert "only where names and shapes matched" not in card.description
+
+
+def test_a_partial_start_is_said_in_the_card(run, tmp_path):
+    run_dir, _ = run
+    x3 = {**TINY, "ratio": 3, "depth": 6}  # the same 16 thin slices as the x5 run: its decoder fits
+    cfg = TrainConfig(
+        run_dir=str(tmp_path / "x3"), model=x3, train_volumes=[str(phantom_ct())], crop=[6, 16, 16],
+        steps=2, log_every=1, device="cpu", threads=1, progress=False, tensorboard=False, plot=False,
+        init_from=str(run_dir / "last.pt"), init_partial=True,
+    )  # fmt: skip
+    trainer = Trainer(cfg)
+    trainer.start_from(cfg.init_from)
+    trainer.run()
+    card = load_model(export_checkpoint(tmp_path / "x3" / "last.pt", tmp_path, id="x3", name="x3"))[1]
+    first = card.training["phases"][0]
+    assert first["partial"]["fresh"] and first["partial"]["parameters_taken"] > 0
+    assert "only where names and shapes matched" in card.description and card.ratio == 3

@@ -186,6 +186,36 @@ def test_a_new_run_starts_from_another_runs_weights(tmp_path):
         other.start_from(tmp_path / "missing.pt")
 
 
+def test_a_network_of_another_ratio_and_depth_takes_the_matching_weights_only(tmp_path):
+    first = Trainer(tiny_config(tmp_path / "first"))  # x5 from 4 thick slices: 16 thin slices
+    first.run(max_steps=3)
+    x3 = {**TINY, "output": "direct", "ratio": 3, "depth": 6}  # also 16 thin slices, a wider encoder
+    source = str(tmp_path / "first" / "last.pt")
+    cfg = tiny_config(tmp_path / "x3", model=x3, crop=[6, 16, 16], init_from=source, init_partial=True)
+    second = Trainer(cfg)
+    assert second.start_from(cfg.init_from) == 3
+    theirs, ours = first.model.state_dict(), second.model.state_dict()
+    partial = second.lineage[-1]["partial"]
+    fresh = set(partial["fresh"])
+    assert fresh and all(ours[name].shape != theirs[name].shape for name in fresh)  # the encoder's
+    taken = set(ours) - fresh
+    assert any(name.startswith("fims.") for name in taken)  # the decoder, whose width is the thin depth's
+    assert all(torch.equal(ours[name], theirs[name]) for name in taken)
+    total = sum(value.numel() for value in second.model.parameters())
+    assert partial["parameters_taken"] + partial["parameters_fresh"] == total
+    assert 0 < partial["parameters_fresh"] < total
+    second.run(max_steps=2)  # and it trains
+    assert second.step == 2
+
+    whole = tiny_config(tmp_path / "x3-whole", model=x3, crop=[6, 16, 16], init_from=source)
+    with pytest.raises(ValueError, match="trained with model config"):  # without init_partial: refused
+        Trainer(whole).start_from(source)
+    resvox = tiny_config(tmp_path / "resvox", model={"arch": "resvox", "channels": 4, "blocks": 1},
+                         init_from=source, init_partial=True)  # fmt: skip
+    with pytest.raises(ValueError, match="is a tvsrn network; init_partial needs a resvox one"):
+        Trainer(resvox).start_from(source)
+
+
 def test_a_checkpoint_with_only_the_original_keys_still_resumes(tmp_path):
     Trainer(tiny_config(tmp_path)).run(max_steps=4)
     state = torch.load(tmp_path / "last.pt", weights_only=True)

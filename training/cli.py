@@ -33,6 +33,12 @@ def _train(args: argparse.Namespace) -> int:
         step = trainer.start_from(cfg.init_from)
         if trainer.ctx.main:
             print(f"started {cfg.run_dir} from the weights of {cfg.init_from} (step {step})")
+            partial = trainer.lineage[-1].get("partial")
+            if partial:
+                print(
+                    f"  took {partial['parameters_taken']:,} parameters of matching name and shape; "
+                    f"{partial['parameters_fresh']:,} start fresh ({', '.join(partial['fresh'])})"
+                )
     trainer.run(max_steps=args.max_steps, max_minutes=args.max_minutes)
     if trainer.ctx.main:
         print(f"stopped at step {trainer.step} of {cfg.steps}; checkpoints in {cfg.run_dir}")

@@ -30,6 +30,9 @@ class TrainConfig:
     rplhr_skip_invalid: bool = False
     # a checkpoint whose weights a new run starts from (fresh optimizer and schedule); "" = from scratch
     init_from: str = ""
+    # with init_from: take only the tensors whose name and shape match this run's network (e.g. a x5
+    # model's decoder for a x3 network of another input depth); the others start fresh
+    init_partial: bool = False
     slab: str = "box"
     # slab augmentation: a profile of slab_mix (box, gaussian, trapezoid) and a width of slab_width x the
     # ratio drawn per pair instead of `slab` (empty: off)

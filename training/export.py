@@ -73,13 +73,20 @@ def describe_data(cfg: dict) -> dict:
     }
 
 
-def default_description(cfg: dict, steps: int, minutes: float | None, hardware: str, phases: int = 1) -> str:
+def default_description(
+    cfg: dict, steps: int, minutes: float | None, hardware: str, phases: int = 1, partial: bool = False
+) -> str:
     data = describe_data(cfg)
     network = config_from_dict(cfg["model"])
     ratio = network.ratio
     when = f"{steps} steps" + (f" ({minutes:.1f} minutes on {hardware})" if minutes is not None else "")
     if phases > 1:
         when += f" in {phases} phases (each run continuing from the previous run's weights)"
+    if partial:
+        when += (
+            ", a phase taking an earlier network's weights only where names and shapes matched (its "
+            "fresh tensors are listed in the card's phases)"
+        )
     if "thin_volumes" in data:
         volumes = ", ".join(
             name + ("" if mm is None else f" ({mm:g} mm slices)")
@@ -149,7 +156,10 @@ def export_checkpoint(
         id=id,
         name=name,
         trained=True,
-        description=description or default_description(cfg, steps, minutes, hardware, len(lineage) + 1),
+        description=description
+        or default_description(
+            cfg, steps, minutes, hardware, len(lineage) + 1, any("partial" in phase for phase in lineage)
+        ),
         thick_spacing_mm=thick_spacing_mm,
         training=training,
         metrics=metrics or {},

@@ -218,17 +218,44 @@ class Trainer:
             raise FileNotFoundError(f"init_from checkpoint not found: {path}")
         state = read_checkpoint(path, self.device)
         saved = state["config"]
-        self._check_model(saved, path)
-        self.model.load_state_dict(state["model"])
+        if self.cfg.init_partial:
+            partial = self._load_matching(state["model"], saved["model"], str(path))
+        else:
+            self._check_model(saved, path)
+            self.model.load_state_dict(state["model"])
+            partial = None
         this_run = {
             "checkpoint": str(path),
             "steps": int(state["step"]),
             "minutes": round(float(state.get("train_seconds", 0.0)) / 60, 1),
             "hardware": list(state.get("hardware", [])),
             "schedule": {key: saved[key] for key in SCHEDULE_KEYS if key in saved},
+            **({"partial": partial} if partial else {}),
         }
         self.lineage = [*json.loads(state.get("lineage", "[]")), this_run]
         return int(state["step"])
+
+    def _load_matching(self, tensors: dict, their_model: dict, source: str) -> dict:
+        """Load the tensors of `source` whose names and shapes this network shares (same architecture,
+        any depth or ratio); returns what was taken and what starts fresh, for the lineage."""
+        from VolumetricSRLib.models.architectures import ARCH_KEY, TVSRN_ARCH
+
+        ours, theirs = self.cfg.model.get(ARCH_KEY, TVSRN_ARCH), their_model.get(ARCH_KEY, TVSRN_ARCH)
+        if ours != theirs:
+            raise ValueError(f"{source} is a {theirs} network; init_partial needs a {ours} one")
+        own = self.model.state_dict()
+        shared = [name for name, value in tensors.items() if name in own and own[name].shape == value.shape]
+        taken = {name: tensors[name] for name in shared}
+        if not taken:
+            raise ValueError(f"{source} shares no tensor of matching name and shape with this network")
+        self.model.load_state_dict(taken, strict=False)
+        fresh = sorted(set(own) - set(taken))
+        parameters = {name: value.numel() for name, value in self.model.named_parameters()}
+        return {
+            "parameters_taken": sum(parameters.get(name, 0) for name in taken),
+            "parameters_fresh": sum(parameters.get(name, 0) for name in fresh),
+            "fresh": fresh,
+        }
 
     def _start_from_model(self, model: str) -> int:
         """Begin with the weights of a model file or bundled model (its card is the lineage's record)."""
@@ -236,9 +263,13 @@ class Trainer:
         from VolumetricSRLib.models.weights import load_model
 
         network, card = load_model(model, device="cpu")
-        if config_from_dict(card.architecture) != config_from_dict(self.cfg.model):
+        if self.cfg.init_partial:
+            partial = self._load_matching(network.state_dict(), card.architecture, card.id)
+        elif config_from_dict(card.architecture) != config_from_dict(self.cfg.model):
             raise ValueError(f"{card.id} is a {card.architecture} network, not the config's {self.cfg.model}")
-        self.model.load_state_dict(network.state_dict())
+        else:
+            self.model.load_state_dict(network.state_dict())
+            partial = None
         training = card.training or {}
         this_run = {
             "model": card.id,
@@ -247,6 +278,7 @@ class Trainer:
             "minutes": float(training.get("minutes") or 0.0),
             "hardware": [str(training.get("hardware", "not recorded"))],
             "schedule": dict(training.get("schedule", {})),
+            **({"partial": partial} if partial else {}),
         }
         self.lineage = [this_run]
         return this_run["steps"]
