@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from conftest import REPO, shared_ct
+from volumetricsr_training.adversarial import trained_label
 from volumetricsr_training.checkpoints import network_from_checkpoint, state_digest
 from volumetricsr_training.config import TrainConfig, learning_differences, load_config
 from volumetricsr_training.data import PseudoPairSampler, ThinVolume
@@ -51,6 +52,7 @@ DOCUMENTED_PARAMETERS = {
     "ablation_tvsrn_encoder_only.toml": 1_602_704,
     "ablation_tvsrn_vit.toml": 17_480_464,
     "baseline_resvox.toml": 500_001,
+    "baseline_resvox_gan.toml": 500_001,  # the generator; its discriminator is training-only
     "baseline_mpunet.toml": 770_369,
     "baseline_saint.toml": 207_106,
     "baseline_davsr.toml": 195_682,
@@ -209,7 +211,7 @@ def test_every_method_trains_under_the_shared_budget():
         differences = {d.split(":")[0] for d in learning_differences(shared, cfg.to_dict())}
         assert differences - {"model"} == set(BUDGET_EXCEPTIONS.get(name, {}))
         assert cfg.model["output"] == "residual" and cfg.val_every > 0
-        architectures.add(label_of(cfg.network))
+        architectures.add(trained_label(cfg.network, cfg.to_dict()))
     assert len(architectures) == len(METHODS)
 
 
@@ -249,6 +251,17 @@ def test_a_config_takes_the_settings_of_its_base(tmp_path):
     (tmp_path / "base.toml").write_text('base = "child.toml"\n')
     with pytest.raises(ValueError, match=r"config base cycle: child.toml -> base.toml -> child.toml"):
         load_config(tmp_path / "child.toml")
+
+
+def test_a_gan_trained_network_says_so_in_its_label():
+    resvox, mpunet = REGISTRY["resvox"].config(), REGISTRY["mpunet"].config()
+    assert trained_label(resvox, {"adversarial_weight": 0.0}) == "ResVox without GAN"
+    assert trained_label(resvox, {"adversarial_weight": 1e-3}) == "ResVox (GAN)"
+    assert trained_label(mpunet, {"adversarial_weight": 1e-3}) == f"{label_of(mpunet)} + adversarial loss"
+    assert trained_label(resvox, None) == "ResVox without GAN"  # a card without its training config
+    rows = {row["config"]: row["method"] for row in parameter_rows()}
+    assert rows["baseline_resvox_gan.toml"] == "ResVox (GAN)"
+    assert rows["baseline_resvox.toml"] == "ResVox without GAN"
 
 
 def test_model_cards_still_name_every_architecture_without_torch():

@@ -72,6 +72,26 @@ def test_resume_continues_exactly(tmp_path, log_every):
     assert state_digest(second.model) == state_digest(whole.model)
 
 
+def test_an_adversarial_run_resumes_exactly_and_differs_from_an_l1_run(tmp_path):
+    whole = Trainer(tiny_config(tmp_path / "whole", adversarial_weight=0.05))
+    whole.run()
+    first = Trainer(tiny_config(tmp_path / "split", adversarial_weight=0.05))
+    first.run(max_steps=5)
+    second = Trainer(tiny_config(tmp_path / "split", adversarial_weight=0.05))
+    assert second.resume() and second.step == 5
+    second.run()
+    assert losses(tmp_path / "split") == losses(tmp_path / "whole")
+    assert state_digest(second.model) == state_digest(whole.model)
+    assert state_digest(second.discriminator) == state_digest(whole.discriminator)  # saved and restored
+    plain = Trainer(tiny_config(tmp_path / "plain"))
+    plain.run()
+    assert plain.discriminator is None and state_digest(plain.model) != state_digest(whole.model)
+    with pytest.raises(ValueError, match=r"adversarial_weight: 0.05 -> 0.0"):  # no silent switch on resume
+        Trainer(tiny_config(tmp_path / "split")).resume()
+    with pytest.raises(ValueError, match=r"adversarial_weight must be 0 \(off\) or positive"):
+        tiny_config(tmp_path / "bad", adversarial_weight=-1.0)
+
+
 class SignalAtStep:
     """The run's own sampler, which sends this process `number` while fetching the batch of `step`."""
 

@@ -54,6 +54,8 @@ class TrainConfig:
     warmup: int = 100
     schedule: str = "cosine"
     grad_clip: float = 1.0
+    # weight of an adversarial loss against a 3D patch discriminator (GAN training, as ResVoxGAN); 0 = off
+    adversarial_weight: float = 0.0
     amp: bool = True
     seed: int = 0
     threads: int = 2
@@ -75,6 +77,8 @@ class TrainConfig:
         config_from_dict(self.model)
         if self.optimizer not in ("adam", "adamw"):
             raise ValueError(f"optimizer must be adam or adamw, got {self.optimizer!r}")
+        if self.adversarial_weight < 0:
+            raise ValueError(f"adversarial_weight must be 0 (off) or positive, got {self.adversarial_weight}")
         if self.schedule not in ("cosine", "constant"):
             raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
         if self.slab not in SLABS:

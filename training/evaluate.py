@@ -31,9 +31,9 @@ from VolumetricSRLib.inference.predictor import PredictOptions, super_resolve_hu
 from VolumetricSRLib.intensity import HU_MAX, HU_MIN, hu_to_unit, unit_to_hu
 from VolumetricSRLib.io.volume_io import SUPPORTED, read_volume, volume_stem
 from VolumetricSRLib.metrics import PROTOCOL_TRIM, detailed_scores, score_volume
-from VolumetricSRLib.models.architectures import label_of
 from VolumetricSRLib.models.weights import load_model
 
+from .adversarial import trained_label
 from .checkpoints import network_from_checkpoint, state_digest
 from .config import TrainConfig
 from .pseudo_pairs import make_pseudo_pair
@@ -169,13 +169,14 @@ def load_for_evaluation(path: str | Path, device: str = "cpu") -> LoadedModel:
         info = {"checkpoint": str(path), "step": int(state["step"]), "weights_digest": state_digest(network)}
         return LoadedModel(
             network.to(device).eval(),
-            f"{label_of(network.cfg)} ({path.name}, step {info['step']})",
+            f"{trained_label(network.cfg, state['config'])} ({path.name}, step {info['step']})",
             (HU_MIN, HU_MAX),
             info,
         )
     network, card = load_model(path, device=device)
     info = {"id": card.id, "sha256": card.sha256, "weights_digest": state_digest(network)}
-    return LoadedModel(network, f"{label_of(network.cfg)} ({card.id})", card.window, info)
+    label = trained_label(network.cfg, (card.training or {}).get("config"))
+    return LoadedModel(network, f"{label} ({card.id})", card.window, info)
 
 
 # scoring ---------------------------------------------------------------------------------------

@@ -16,9 +16,10 @@ from torch import nn
 from VolumetricSRLib.atomic import write_text_atomically
 from VolumetricSRLib.geometry import voxel_spacing
 from VolumetricSRLib.io.volume_io import read_geometry
-from VolumetricSRLib.models.architectures import config_from_dict, label_of
+from VolumetricSRLib.models.architectures import config_from_dict
 from VolumetricSRLib.models.weights import DEFAULT_MARKER, load_model, save_model
 
+from .adversarial import trained_label
 from .checkpoints import network_from_checkpoint, state_digest
 from .config import SCHEDULE_KEYS
 from .curves import logged_seconds, read_log
@@ -99,7 +100,7 @@ def default_description(
         )
     else:
         source = f"real thick/thin pairs from {data['root']}"
-    return f"{label_of(network)}, x{ratio} along the slice axis, trained for {when} on {source}."
+    return f"{trained_label(network, cfg)}, x{ratio} along the slice axis, trained for {when} on {source}."
 
 
 def export_checkpoint(

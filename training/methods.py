@@ -8,11 +8,11 @@ from pathlib import Path
 
 import torch
 
-from VolumetricSRLib.models.architectures import label_of
 from VolumetricSRLib.models.network_config import PAPER_PARAMETERS
 from VolumetricSRLib.models.networks import build_network
 from VolumetricSRLib.models.thin_slice_network import count_parameters
 
+from .adversarial import trained_label
 from .config import TrainConfig, load_config
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
@@ -25,6 +25,7 @@ METHODS: dict[str, float | None] = {
     "ablation_tvsrn_encoder_only.toml": PAPER_PARAMETERS["encoder_only"],
     "ablation_tvsrn_vit.toml": PAPER_PARAMETERS["vit"],
     "baseline_resvox.toml": None,
+    "baseline_resvox_gan.toml": None,
     "baseline_mpunet.toml": None,
     "baseline_saint.toml": None,
     "baseline_davsr.toml": None,
@@ -33,6 +34,7 @@ METHODS: dict[str, float | None] = {
 # settings besides the model where a method leaves the shared budget, and why (its config says more)
 BUDGET_EXCEPTIONS: dict[str, dict[str, str]] = {
     "ablation_tvsrn_vit.toml": {"lr": "the 17M-parameter ViT collapses to linear interpolation at 1e-3"},
+    "baseline_resvox_gan.toml": {"adversarial_weight": "ResVoxGAN's adversarial loss"},
 }
 
 
@@ -50,7 +52,8 @@ def parameter_rows() -> list[dict]:
         net = method_config(name).network
         with torch.device("meta"):  # shapes only: nothing is allocated
             ours = count_parameters(build_network(net))
-        rows.append({"method": label_of(net), "config": name, "parameters": ours, "paper": paper})
+        label = trained_label(net, method_config(name).to_dict())
+        rows.append({"method": label, "config": name, "parameters": ours, "paper": paper})
     return rows
 
 

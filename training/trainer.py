@@ -1,9 +1,11 @@
-"""The training loop: random crops, L1 loss, checkpoints with exact resume, DDP through torchrun.
+"""The training loop: random crops, L1 loss (plus an adversarial loss where a config asks for one),
+checkpoints with exact resume, DDP through torchrun.
 
 Checkpoints (`last.pt`, `best.pt`, `step_NNNNNN.pt` in the run folder) hold the model and optimizer
-state, the step, the best validation PSNR, the config (JSON) and, since they were added, the
-training seconds so far and the hardware used; they are written atomically and read with
-`weights_only=True`. Batches depend only on (seed, rank, step), so a resumed run continues exactly.
+state (and the discriminator's, with an adversarial loss), the step, the best validation PSNR, the
+config (JSON) and, since they were added, the training seconds so far and the hardware used; they are
+written atomically and read with `weights_only=True`. Batches depend only on (seed, rank, step), so a
+resumed run continues exactly.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from VolumetricSRLib.inference.device import describe_device, resolve_device
 from VolumetricSRLib.models.networks import build_network
 from VolumetricSRLib.models.thin_slice_network import depth_interpolation_matrix, l1_loss
 
+from .adversarial import PatchDiscriminator3d, discriminator_loss, generator_loss
 from .checkpoints import read_checkpoint, state_digest
 from .config import SCHEDULE_KEYS, TrainConfig, learning_differences
 from .curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
@@ -125,6 +128,13 @@ class Trainer:
         net = cfg.network
         self.interp = depth_interpolation_matrix(net.depth, net.ratio).to(self.device)
         self.optimizer = build_optimizer(cfg, self.model)
+        self.discriminator, self.d_optimizer = None, None
+        if cfg.adversarial_weight > 0:
+            if self.ctx.enabled:
+                raise ValueError("adversarial training runs in one process: start it without torchrun")
+            self.discriminator = PatchDiscriminator3d().to(self.device)
+            parameters = self.discriminator.parameters()
+            self.d_optimizer = torch.optim.Adam(parameters, lr=cfg.lr, betas=(0.5, 0.999))
         self.step = 0
         self.best_psnr = -math.inf
         self.train_seconds = 0.0
@@ -170,6 +180,9 @@ class Trainer:
             "lineage": json.dumps(self.lineage),
             "unlogged_losses": torch.tensor(self.unlogged, dtype=torch.float64).reshape(-1, 2),
         }
+        if self.discriminator is not None:
+            state["discriminator"] = self.discriminator.state_dict()
+            state["discriminator_optimizer"] = self.d_optimizer.state_dict()
         with atomic_path(self.checkpoint_path(name)) as temporary:
             torch.save(state, temporary)
         if name == "last":
@@ -192,6 +205,9 @@ class Trainer:
             )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.discriminator is not None:
+            self.discriminator.load_state_dict(state["discriminator"])
+            self.d_optimizer.load_state_dict(state["discriminator_optimizer"])
         self.step = int(state["step"])
         self.best_psnr = float(state["best_psnr"])
         if "train_seconds" in state:
@@ -320,7 +336,8 @@ class Trainer:
 
     # loop --------------------------------------------------------------------------------------
     def train_step(self, thick: np.ndarray, thin: np.ndarray) -> tuple[float, float]:
-        """One optimiser step; returns (loss, loss of linear interpolation on the same batch)."""
+        """One optimiser step (after one of the discriminator's, with an adversarial loss); returns the L1
+        loss and linear interpolation's on the same batch."""
         cfg = self.cfg
         x = torch.from_numpy(thick).to(self.device)
         y = torch.from_numpy(thin).to(self.device)
@@ -330,8 +347,16 @@ class Trainer:
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast):
             pred = self.model_for_training(x)
         loss = l1_loss(pred.float(), y)
+        total = loss
+        if self.discriminator is not None:
+            for group in self.d_optimizer.param_groups:
+                group["lr"] = learning_rate(cfg, self.step)
+            self.d_optimizer.zero_grad(set_to_none=True)
+            discriminator_loss(self.discriminator, pred.float(), y).backward()
+            self.d_optimizer.step()
+            total = loss + cfg.adversarial_weight * generator_loss(self.discriminator, pred.float())
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
