@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from conftest import REPO
-from VolumetricSRLib.app.child_run import ChildRun, core_command
+from VolumetricSRLib.app.child_run import ChildRun, core_command, group_running
 from VolumetricSRLib.app.events import Devices, Done, Event, Failed, Progress
 from VolumetricSRLib.io.volume_io import read_volume, write_volume
 from VolumetricSRLib.phantom import chest_phantom, simulate_thick
@@ -118,6 +118,21 @@ def test_kill_takes_the_whole_tree_within_a_second(tmp_path: Path) -> None:
     assert time.perf_counter() - started < 1.0
     assert run.returncode is not None
     assert not alive(grandchild)
+
+
+def test_a_group_runs_while_a_member_is_not_a_zombie(tmp_path: Path) -> None:
+    def process(pid: int, state: str, group: int) -> None:
+        (tmp_path / str(pid)).mkdir()
+        stat = f"{pid} (python (x)) {state} 1 {group} {group} 0 -1 4194560\n"  # a name with brackets
+        (tmp_path / str(pid) / "stat").write_text(stat)
+
+    process(10, "S", 7)
+    process(11, "Z", 9)
+    (tmp_path / "self").mkdir()
+    assert group_running(7, tmp_path) and not group_running(9, tmp_path)  # 11 has exited: a zombie
+    assert not group_running(8, tmp_path)
+    process(12, "R", 9)
+    assert group_running(9, tmp_path)
 
 
 def alive(pid: int) -> bool:

@@ -18,6 +18,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -141,6 +142,10 @@ class ChildRun:
         except subprocess.TimeoutExpired:
             self._process.kill()
             self._process.wait(KILL_WAIT_SECONDS)
+        if os.name != "nt":  # its own children got the signal too, but may still be exiting on a busy CPU
+            deadline = time.monotonic() + KILL_WAIT_SECONDS
+            while group_running(self._process.pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
         for reader in self._readers:
             reader.join(KILL_WAIT_SECONDS)
 
@@ -186,3 +191,24 @@ def _own_process_group() -> dict:
     if os.name == "nt":
         return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW}
     return {"start_new_session": True}
+
+
+def group_running(group: int, proc: Path = Path("/proc")) -> bool:
+    """Whether a process of process group `group` is still running; processes that have exited and only
+    wait to be reaped (zombies) do not count. Without /proc: whether the group can still be signalled."""
+    if not proc.is_dir():
+        try:
+            os.killpg(group, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # it exists
+            return True
+        return True
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            state, _parent, process_group = stat.read_text().rsplit(")", 1)[1].split()[:3]
+        except (OSError, ValueError):
+            continue  # gone meanwhile
+        if state != "Z" and int(process_group) == group:
+            return True
+    return False
