@@ -61,3 +61,13 @@ def test_the_paper_budget_config() -> None:
     )  # fmt: skip
     net = cfg.network
     assert (net.encoder_layers, net.tab_layers, net.axial_layers, net.ratio) == (8, 4, 7, 5)
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda path: path.name)
+def test_every_committed_config_loads_and_names_weights_that_exist(path: Path) -> None:
+    from VolumetricSRLib.models.model_cards import resolve_card_path
+
+    cfg = load_config(path)
+    assert cfg.steps > 0 and cfg.crop[0] == cfg.network.depth
+    if cfg.init_from and not cfg.init_from.endswith(".pt"):  # a bundled model id: it must be bundled
+        assert resolve_card_path(cfg.init_from).is_file(), cfg.init_from

@@ -236,6 +236,22 @@ def test_a_network_of_another_ratio_and_depth_takes_the_matching_weights_only(tm
         Trainer(resvox).start_from(source)
 
 
+def test_the_command_says_which_parts_of_a_partial_start_are_fresh(tmp_path, capsys):
+    from volumetricsr_training.cli import main
+
+    Trainer(tiny_config(tmp_path / "first")).run(max_steps=2)
+    x3_model = {**TINY, "output": "direct", "ratio": 3, "depth": 6}
+    x3 = tiny_config(tmp_path / "x3", model=x3_model, crop=[6, 16, 16])
+    settings = {**x3.to_dict(), "init_from": str(tmp_path / "first" / "last.pt"), "init_partial": True}
+    settings.update(tensorboard=False, plot=False)
+    model = ", ".join(f"{key} = {json.dumps(value)}" for key, value in settings.pop("model").items())
+    lines = [f"{key} = {json.dumps(value)}" for key, value in settings.items()]
+    (tmp_path / "x3.toml").write_text("\n".join([*lines, f"model = {{ {model} }}"]) + "\n")
+    assert main(["train", "--config", str(tmp_path / "x3.toml"), "--max-steps", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "parameters of matching name and shape;" in printed and "start fresh, in: encoder\n" in printed
+
+
 def test_a_checkpoint_with_only_the_original_keys_still_resumes(tmp_path):
     Trainer(tiny_config(tmp_path)).run(max_steps=4)
     state = torch.load(tmp_path / "last.pt", weights_only=True)

@@ -37,7 +37,8 @@ def _train(args: argparse.Namespace) -> int:
             if partial:
                 print(
                     f"  took {partial['parameters_taken']:,} parameters of matching name and shape; "
-                    f"{partial['parameters_fresh']:,} start fresh ({', '.join(partial['fresh'])})"
+                    f"{partial['parameters_fresh']:,} start fresh, in: "
+                    + ", ".join(sorted({name.split(".")[0] for name in partial["fresh"]}))
                 )
     trainer.run(max_steps=args.max_steps, max_minutes=args.max_minutes)
     if trainer.ctx.main:
