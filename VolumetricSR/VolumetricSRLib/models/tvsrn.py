@@ -28,6 +28,11 @@ MASKED = -1.0e4
 needs no guard against rows of -inf, and exp(MASKED - max) is exactly 0 in float16, bfloat16 and float32."""
 
 CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
+# The ViT's patches are centred on water (0 HU on the [0, 1] scale of -1024..2048 HU) and scaled by
+# ~300 HU: on the raw scale, tissue contrast is ~1 % of a token and the layers drown it (measured).
+VIT_INPUT_CENTER = 1024.0 / 3072.0
+VIT_INPUT_SCALE = 0.1
+VIT_INIT_STD = 0.02
 """Largest intermediate (tokens x features) of one chunk of a layer without autograd, per device
 type: 16 MB in float32 on a CPU (the allocator reuses it instead of mapping fresh pages for every
 operation), 256 MB on a GPU (kernels big enough to fill it)."""
@@ -381,6 +386,7 @@ class TVSRN(ThinSliceNetwork):
             self.vit_norm = nn.LayerNorm(cfg.vit_dim)
             self.head = nn.Linear(cfg.vit_dim, self.vit_subslices * p * p)
             self.depth_mix = nn.Linear(d * self.vit_subslices, cfg.thin_depth)
+            self._init_vit()
         else:
             self.embed = nn.Linear(1, c)
             self.encoder = SwinStack(
@@ -394,6 +400,17 @@ class TVSRN(ThinSliceNetwork):
                 self.fims = nn.ModuleList(FeatureInteraction(cfg) for _ in range(cfg.fim_count))
                 self.head = nn.Linear(c, 1)
         self.start_at_interpolation(self.depth_mix if cfg.variant == "vit" else self.head)
+
+    def _init_vit(self) -> None:
+        """ViT-style start: small weights (std 0.02) and zero biases in every projection, so that the
+        residual stream carries the patches' content rather than random layer outputs."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=VIT_INIT_STD)
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.MultiheadAttention):
+                nn.init.trunc_normal_(module.in_proj_weight, std=VIT_INIT_STD)
+                nn.init.zeros_(module.in_proj_bias)
 
     @property
     def vit_subslices(self) -> int:
@@ -439,6 +456,7 @@ class TVSRN(ThinSliceNetwork):
         p, k = cfg.vit_patch, self.vit_subslices
         gh, gw = h // p, w // p
         patches = x.reshape(b, d, gh, p, gw, p).permute(0, 1, 2, 4, 3, 5).reshape(b, d * gh * gw, p * p)
+        patches = (patches - VIT_INPUT_CENTER) / VIT_INPUT_SCALE
         plane, slices = _plane_position_code(gh, gw, cfg.vit_dim), depth_position_code(d, cfg.vit_dim)
         position = plane[None] + slices[:, None]
         tokens = self.patch_embed(patches) + position.reshape(d * gh * gw, cfg.vit_dim).to(x.device, x.dtype)
