@@ -26,6 +26,7 @@ from volumetricsr_training.methods import (
     SHARED_BUDGET,
     method_config,
     parameter_rows,
+    parameter_table,
 )
 from volumetricsr_training.trainer import Trainer
 from VolumetricSRLib import geometry
@@ -47,8 +48,8 @@ TINY_VIT = {"vit_patch": 4, "vit_dim": 16, "vit_layers": 1, "vit_heads": 2}
 METHOD_NAMES = [*BASELINES, "tvsrn_full", "tvsrn_no_tab", "tvsrn_encoder_only", "tvsrn_vit"]
 # parameters of each comparison config (training/README.md); the papers' own counts are in methods.METHODS
 DOCUMENTED_PARAMETERS = {
-    "ablation_tvsrn_full.toml": 1_061_633,
-    "ablation_tvsrn_no_tab.toml": 858_337,
+    "ablation_tvsrn_full.toml": 1_719_865,
+    "ablation_tvsrn_no_tab.toml": 1_516_569,
     "ablation_tvsrn_encoder_only.toml": 1_602_704,
     "ablation_tvsrn_vit.toml": 17_480_464,
     "baseline_resvox.toml": 500_001,
@@ -201,6 +202,20 @@ def test_parameter_counts_are_the_documented_ones():
     rows = {row["config"]: row for row in parameter_rows()}
     assert {name: row["parameters"] for name, row in rows.items()} == DOCUMENTED_PARAMETERS
     assert {name: row["paper"] for name, row in rows.items()} == METHODS
+    bounds = {name: row["paper_at_least"] for name, row in rows.items() if row["paper_at_least"]}
+    assert bounds == {name: 1.73e6 for name in METHODS if name.startswith("baseline_")}
+    table = parameter_table()
+    assert "| SAINT-lite | baseline_saint.toml | 0.21M | > 1.73M (more than TVSRN) |" in table
+    assert "| TVSRN | ablation_tvsrn_full.toml | 1.72M | 1.73M |" in table
+
+
+def test_every_method_is_near_its_papers_size_or_carries_a_variant_name():
+    """A count below the paper's figure (or its lower bound) by more than 5 %: the label must say variant."""
+    variant_words = ("-lite", "without", "only")
+    for row in parameter_rows():
+        reference = row["paper"] or row["paper_at_least"]
+        if row["parameters"] < 0.95 * reference:
+            assert any(word in row["method"] for word in variant_words), row
 
 
 def test_every_method_trains_under_the_shared_budget():
@@ -256,11 +271,11 @@ def test_a_config_takes_the_settings_of_its_base(tmp_path):
 def test_a_gan_trained_network_says_so_in_its_label():
     resvox, mpunet = REGISTRY["resvox"].config(), REGISTRY["mpunet"].config()
     assert trained_label(resvox, {"adversarial_weight": 0.0}) == "ResVox without GAN"
-    assert trained_label(resvox, {"adversarial_weight": 1e-3}) == "ResVox (GAN)"
+    assert trained_label(resvox, {"adversarial_weight": 1e-3}) == "ResVox-lite (GAN)"
     assert trained_label(mpunet, {"adversarial_weight": 1e-3}) == f"{label_of(mpunet)} + adversarial loss"
     assert trained_label(resvox, None) == "ResVox without GAN"  # a card without its training config
     rows = {row["config"]: row["method"] for row in parameter_rows()}
-    assert rows["baseline_resvox_gan.toml"] == "ResVox (GAN)"
+    assert rows["baseline_resvox_gan.toml"] == "ResVox-lite (GAN)"
     assert rows["baseline_resvox.toml"] == "ResVox without GAN"
 
 

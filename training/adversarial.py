@@ -15,12 +15,13 @@ WITHOUT_GAN = " without GAN"
 
 def trained_label(network: ModelConfig, training: dict | None) -> str:
     """The architecture's label, saying when its training added the adversarial loss: "ResVox without
-    GAN" becomes "ResVox (GAN)", any other network gets "+ adversarial loss"."""
+    GAN" becomes "ResVox-lite (GAN)" (our generator is smaller than ResVoxGAN's), any other network
+    gets "+ adversarial loss"."""
     label = label_of(network)
     if not training or float(training.get("adversarial_weight", 0.0)) <= 0:
         return label
     if label.endswith(WITHOUT_GAN):
-        return label.removesuffix(WITHOUT_GAN) + " (GAN)"
+        return label.removesuffix(WITHOUT_GAN) + "-lite (GAN)"
     return f"{label} + adversarial loss"
 
 
