@@ -23,6 +23,7 @@ from conftest import (
     training_ct,
     wait_for_logged_steps,
 )
+from volumetricsr_training.cli import main as cli_main
 from volumetricsr_training.config import TrainConfig, load_config
 from volumetricsr_training.trainer import Trainer, TrainingStopped, learning_rate, state_digest
 from VolumetricSRLib.models.tvsrn import TVSRN, TVSRNConfig
@@ -177,6 +178,23 @@ def test_sigterm_to_the_train_command_saves_and_says_how_to_resume_but_nohup_sig
         f"volumetricsr-train train: SIGTERM received: {tmp_path / 'last.pt'} holds step {saved}; "
         "run the same command to resume exactly"
     ) in err
+
+
+def test_a_second_process_is_refused_a_run_folder_in_use_and_a_killed_holder_frees_it(tmp_path, capsys):
+    argv = train_argv(tmp_path, "--set", "steps=100000", "--set", "log_every=1")
+    holder = start_training_cli(argv)
+    try:
+        wait_for_logged_steps(holder, tmp_path, 2)
+        assert cli_main([*argv, "--max-steps", "1"]) == 2
+        err = capsys.readouterr().err
+        assert f"{tmp_path} is being trained by pid {holder.pid} on " in err
+        assert "stop it (SIGTERM saves last.pt), then run the same command again" in err
+        wait_for_logged_steps(holder, tmp_path, logged_steps(tmp_path) + 2)  # the holder trains on
+    finally:
+        holder.kill()  # SIGKILL: no clean-up; the operating system releases the lock
+        holder.wait()
+    assert cli_main([*argv, "--max-steps", "1"]) == 0
+    assert "stopped at step" in capsys.readouterr().out
 
 
 def test_resume_refuses_other_learning_settings_but_takes_new_bookkeeping(tmp_path):

@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +38,7 @@ from .checkpoints import read_checkpoint, state_digest
 from .config import SCHEDULE_KEYS, TrainConfig, learning_differences
 from .curves import LOG_FIELDS, logged_seconds, plot_curves, read_log
 from .data import PairSampler, PseudoPairSampler, load_thin_volumes
+from .run_lock import run_folder_lock
 
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP") if hasattr(signal, name)
@@ -380,15 +381,16 @@ class Trainer:
         validating = bool(cfg.val_every) and has_validation_data(cfg)
         stop = cfg.steps if max_steps is None else min(cfg.steps, self.step + max_steps)
         self.stop_signal = None
-        log = self._open_log()
-        self._open_tensorboard()
-        with self._stop_on_signals():
-            self._loop(stop, log, validating, max_minutes)
-        if log is not None:
-            log.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-            self.tensorboard = None
+        with run_folder_lock(self.run_dir) if self.ctx.main else nullcontext():
+            log = self._open_log()
+            self._open_tensorboard()
+            with self._stop_on_signals():
+                self._loop(stop, log, validating, max_minutes)
+            if log is not None:
+                log.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+                self.tensorboard = None
         self.check_replicas()
         self.ctx.barrier()
 
