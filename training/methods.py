@@ -36,7 +36,7 @@ CNN_LOWER_BOUND = PAPER_PARAMETERS["full"]
 
 # settings besides the model where a method leaves the shared budget, and why (its config says more)
 BUDGET_EXCEPTIONS: dict[str, dict[str, str]] = {
-    "ablation_tvsrn_vit.toml": {"lr": "the 17M-parameter ViT collapses to linear interpolation at 1e-3"},
+    "ablation_tvsrn_vit.toml": {"lr": "the 17M-parameter ViT collapsed to linear interpolation at 1e-3"},
     "baseline_resvox_gan.toml": {"adversarial_weight": "ResVoxGAN's adversarial loss"},
 }
 
