@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..intensity import HU_MAX, HU_MIN
 from .network_config import OUTPUTS, VARIANTS, TVSRNConfig
 from .thin_slice_network import ThinSliceNetwork
 
@@ -28,14 +29,15 @@ MASKED = -1.0e4
 needs no guard against rows of -inf, and exp(MASKED - max) is exactly 0 in float16, bfloat16 and float32."""
 
 CHUNK_ELEMENTS = {"cpu": 1 << 22, "cuda": 1 << 26}
-# The ViT's patches are centred on water (0 HU on the [0, 1] scale of -1024..2048 HU) and scaled by
-# ~300 HU: on the raw scale, tissue contrast is ~1 % of a token and the layers drown it (measured).
-VIT_INPUT_CENTER = 1024.0 / 3072.0
-VIT_INPUT_SCALE = 0.1
-VIT_INIT_STD = 0.02
 """Largest intermediate (tokens x features) of one chunk of a layer without autograd, per device
 type: 16 MB in float32 on a CPU (the allocator reuses it instead of mapping fresh pages for every
 operation), 256 MB on a GPU (kernels big enough to fill it)."""
+
+# The ViT's patches are centred on water (0 HU) and divided by 0.1 of the [0, 1] scale (~300 HU): on the
+# raw scale tissue contrast is ~1 % of a token and the layers drown it (figures: ablation_tvsrn_vit.toml).
+VIT_INPUT_CENTER = (0.0 - HU_MIN) / (HU_MAX - HU_MIN)
+VIT_INPUT_SCALE = 0.1
+VIT_INIT_STD = 0.02
 
 _reference_layers = False
 
